@@ -1,0 +1,1 @@
+"""Measuring one candidate: latency on a device, accuracy on data, cost counts."""

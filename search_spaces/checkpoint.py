@@ -1,0 +1,84 @@
+"""The project's supernet checkpoint format, and reading other people's checkpoints safely.
+
+A checkpoint is a ``torch.save`` dict ``{"format", "space", "options", "state_dict", "meta"}``: the
+registered space name and its constructor options rebuild the supernet, so a file is self-describing.
+Files are written atomically (temporary file, fsync, rename): an interrupted write never leaves a
+half-written checkpoint in place of a good one. Files are read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from nas.errors import CheckpointError, NasError
+from search_spaces._registry import get
+from search_spaces.base import SearchSpace
+
+FORMAT = "nas.supernet/1"
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` so that readers see the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint file with ``weights_only=True``; one clear error if it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(data).__name__}, not a state_dict")
+    return data
+
+
+def state_dict_of(data: Mapping, path: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:
+    """The state_dict inside a checkpoint: the dict itself, or the one under ``state_dict``."""
+    state = data.get("state_dict", data)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no state_dict of tensors (expected a raw state_dict or one under 'state_dict')")
+    return dict(state)
+
+
+def save_supernet(space: SearchSpace, path: str | os.PathLike, meta: dict | None = None) -> None:
+    """Write ``space``'s supernet weights with everything needed to rebuild it."""
+    atomic_torch_save({"format": FORMAT, "space": space.name, "options": space.options,
+                       "state_dict": space.supernet.state_dict(), "meta": meta or {}}, path)
+
+
+def load_supernet(path: str | os.PathLike, expect_space: str | None = None) -> SearchSpace:
+    """Rebuild the space stored in ``path`` and load its weights strictly."""
+    data = read_checkpoint(path)
+    if data.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a nas supernet checkpoint (format {data.get('format')!r}); "
+                              "import foreign checkpoints with `nas supernet import`")
+    if expect_space is not None and data["space"] != expect_space:
+        raise CheckpointError(f"{path} holds a {data['space']!r} supernet, not {expect_space!r}")
+    try:
+        space = get(data["space"], **data["options"])
+        space.supernet.load_state_dict(data["state_dict"])
+    except NasError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: {str(exc).splitlines()[0]}") from None
+    return space

@@ -1,0 +1,265 @@
+"""``ofa_mbv3``: the Once-for-All MobileNetV3 search space.
+
+Config: ``{"ks": [k per elastic block], "e": [expand ratio per block], "d": [depth per stage], "r": res}``
+with ``5 * max(depth_list)`` elastic blocks (20 by default). Genes, in encoding order: ``ks.0..ks.19``,
+``e.0..e.19``, ``d.0..d.4``, ``r``. The kernel and expand genes of blocks beyond a stage's depth
+cannot affect the network; :meth:`canonical` sets them to index 0.
+
+Costs are computed from per-block tables indexed by gene value, so a batch of encodings is scored
+with numpy indexing and sums; the tables are built once per space from the same channel arithmetic
+the supernet uses.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch
+
+from nas.errors import ConfigError
+from search_spaces._registry import register
+from search_spaces.base import Config, Gene, LayoutEntry, SearchSpace
+from search_spaces.ofa_supernet import (
+    FIRST_BLOCK_ACT, STAGE_ACTS, STAGE_SE, STAGE_STRIDES, OFAMobileNetV3, Widths,
+)
+from search_spaces.ops.helpers import conv_output_size, make_divisible
+from search_spaces.ops.static import se_mid_channels
+
+N_STAGES = 5
+
+
+@register("ofa_mbv3")
+class OFAMobileNetV3Space(SearchSpace):
+    """Elastic kernel {3,5,7}, expand ratio {3,4,6}, depth {2,3,4} and resolution (128..224 step 4)."""
+
+    small_options = {"n_classes": 10, "width_mult": 0.25, "resolutions": [32, 36, 40]}
+
+    def __init__(self, n_classes: int = 1000, width_mult: float = 1.0, ks_list=(3, 5, 7),
+                 expand_ratio_list=(3, 4, 6), depth_list=(2, 3, 4), resolutions=tuple(range(128, 225, 4)),
+                 dropout_rate: float = 0.1, bn_param=(0.1, 1e-5), kernel_transform: bool = True):
+        self._options = {
+            "n_classes": int(n_classes), "width_mult": float(width_mult), "ks_list": sorted(ks_list),
+            "expand_ratio_list": sorted(expand_ratio_list), "depth_list": sorted(depth_list),
+            "resolutions": sorted(resolutions), "dropout_rate": float(dropout_rate),
+            "bn_param": list(bn_param), "kernel_transform": bool(kernel_transform),
+        }
+        _check_options(self._options)
+        self.ks_list = self._options["ks_list"]
+        self.expand_ratio_list = self._options["expand_ratio_list"]
+        self.depth_list = self._options["depth_list"]
+        self.resolutions = self._options["resolutions"]
+        self.max_depth = self.depth_list[-1]
+        self.n_blocks = N_STAGES * self.max_depth
+        self.widths = Widths.for_width(width_mult)
+        self._supernet: OFAMobileNetV3 | None = None
+
+    # ------------------------------------------------------------------ genes
+    @cached_property
+    def genes(self) -> list[Gene]:
+        return ([Gene(f"ks.{i}", tuple(self.ks_list)) for i in range(self.n_blocks)]
+                + [Gene(f"e.{i}", tuple(self.expand_ratio_list)) for i in range(self.n_blocks)]
+                + [Gene(f"d.{s}", tuple(self.depth_list)) for s in range(N_STAGES)]
+                + [Gene("r", tuple(self.resolutions))])
+
+    @cached_property
+    def config_layout(self) -> list[LayoutEntry]:
+        return [LayoutEntry("ks", self.n_blocks), LayoutEntry("e", self.n_blocks),
+                LayoutEntry("d", N_STAGES), LayoutEntry("r")]
+
+    @property
+    def ks_cols(self) -> slice:
+        return slice(0, self.n_blocks)
+
+    @property
+    def e_cols(self) -> slice:
+        return slice(self.n_blocks, 2 * self.n_blocks)
+
+    @property
+    def d_cols(self) -> slice:
+        return slice(2 * self.n_blocks, 2 * self.n_blocks + N_STAGES)
+
+    @property
+    def r_col(self) -> int:
+        return 2 * self.n_blocks + N_STAGES
+
+    def active_blocks(self, vectors: np.ndarray) -> np.ndarray:
+        """Boolean ``(n, n_blocks)``: which elastic blocks each encoding keeps."""
+        depth = np.asarray(self.depth_list)[vectors[:, self.d_cols]]          # (n, stages)
+        position = np.tile(np.arange(self.max_depth), N_STAGES)               # block index within its stage
+        stage = np.repeat(np.arange(N_STAGES), self.max_depth)
+        return position[None, :] < depth[:, stage]
+
+    def canonical(self, vectors: np.ndarray) -> np.ndarray:
+        out = self.check_vectors(vectors).copy()
+        inactive = ~self.active_blocks(out)
+        out[:, self.ks_cols][inactive] = 0   # basic slices are views: the masked writes land in ``out``
+        out[:, self.e_cols][inactive] = 0
+        return out
+
+    def size(self) -> int:
+        per_block = len(self.ks_list) * len(self.expand_ratio_list)
+        per_stage = sum(per_block ** d for d in self.depth_list)
+        return per_stage ** N_STAGES * len(self.resolutions)
+
+    # ------------------------------------------------------------------ costs
+    def macs(self, vectors: np.ndarray) -> np.ndarray:
+        return self._table_cost(self._cost_tables["macs"], self.check_vectors(vectors))
+
+    def params(self, vectors: np.ndarray) -> np.ndarray:
+        return self._table_cost(self._cost_tables["params"], self.check_vectors(vectors))
+
+    def _table_cost(self, tables: tuple[np.ndarray, np.ndarray], v: np.ndarray) -> np.ndarray:
+        fixed, per_block = tables                                 # (R,), (blocks, K, E, R)
+        r = v[:, self.r_col]
+        blocks = np.arange(self.n_blocks)
+        block_cost = per_block[blocks[None, :], v[:, self.ks_cols], v[:, self.e_cols], r[:, None]]
+        return fixed[r] + (block_cost * self.active_blocks(v)).sum(axis=1)
+
+    @cached_property
+    def _cost_tables(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per-resolution cost of the fixed layers and per-(block, k, e, r) cost of elastic blocks."""
+        n_k, n_e, n_r = len(self.ks_list), len(self.expand_ratio_list), len(self.resolutions)
+        tables = {}
+        for name in ("macs", "params"):
+            fixed = np.zeros(n_r, dtype=np.int64)
+            per_block = np.zeros((self.n_blocks, n_k, n_e, n_r), dtype=np.int64)
+            for ri, r in enumerate(self.resolutions):
+                layers = self._layers(self._max_config(r))
+                fixed[ri] = sum(layer[name] for layer in layers if layer["op"] != "mbconv" or layer["block"] == 0)
+                for b in range(self.n_blocks):
+                    for ki, k in enumerate(self.ks_list):
+                        for ei, e in enumerate(self.expand_ratio_list):
+                            per_block[b, ki, ei, ri] = self._block_layer(b, k, e, r)[name]
+            tables[name] = (fixed, per_block)
+        return tables
+
+    def _max_config(self, r: int) -> Config:
+        return {"ks": [self.ks_list[-1]] * self.n_blocks, "e": [self.expand_ratio_list[-1]] * self.n_blocks,
+                "d": [self.max_depth] * N_STAGES, "r": r}
+
+    # ------------------------------------------------------------------ layer arithmetic
+    def _block_io(self, block: int, r: int) -> tuple[int, int, int, int, str, bool]:
+        """(in channels, out channels, input size, stride, act, se) of elastic block ``block`` (0-based)."""
+        stage, pos = divmod(block, self.max_depth)
+        size = conv_output_size(r, 3, 2)                    # after the stem; the first block has stride 1
+        for s in range(stage):
+            size = conv_output_size(size, 3, STAGE_STRIDES[s])
+        stride = STAGE_STRIDES[stage] if pos == 0 else 1
+        if pos > 0:
+            size = conv_output_size(size, 3, STAGE_STRIDES[stage])
+        in_ch = self.widths.stages[stage - 1] if stage > 0 else self.widths.first_block
+        in_ch = in_ch if pos == 0 else self.widths.stages[stage]
+        return in_ch, self.widths.stages[stage], size, stride, STAGE_ACTS[stage], STAGE_SE[stage]
+
+    def _block_layer(self, block: int, k: int, e: float, r: int) -> dict[str, Any]:
+        in_ch, out_ch, size, stride, act, se = self._block_io(block, r)
+        mid = make_divisible(round(in_ch * e), 8)
+        return _mbconv(f"blocks.{block + 1}", in_ch, out_ch, size, k, stride, mid, act, se,
+                       idskip=stride == 1 and in_ch == out_ch, expand=True, block=block + 1, expand_ratio=e)
+
+    def _layers(self, config: Config) -> list[dict[str, Any]]:
+        """Every layer of the subnet with its shapes, MACs and params, in forward order."""
+        w, r = self.widths, config["r"]
+        size = conv_output_size(r, 3, 2)
+        layers = [_conv("first_conv", 3, w.stem, r, 3, 2, bn=True, act="h_swish")]
+        layers.append(_mbconv("blocks.0", w.stem, w.first_block, size, 3, 1, w.stem, FIRST_BLOCK_ACT, False,
+                              idskip=w.stem == w.first_block, expand=False, block=0, expand_ratio=1))
+        active = self.active_blocks(self.encode(config)[None, :])[0]
+        for b in np.flatnonzero(active):
+            layers.append(self._block_layer(int(b), config["ks"][b], config["e"][b], r))
+        last = layers[-1]
+        layers.append(_conv("final_expand_layer", last["out_channels"], w.final_expand, last["out_size"], 1, 1,
+                            bn=True, act="h_swish"))
+        layers.append({"name": "global_pool", "op": "global_avg_pool", "in_channels": w.final_expand,
+                       "out_channels": w.final_expand, "in_size": last["out_size"], "out_size": 1,
+                       "macs": 0, "params": 0})
+        layers.append(_conv("feature_mix_layer", w.final_expand, w.feature_mix, 1, 1, 1, bn=False, act="h_swish"))
+        n_classes = self._options["n_classes"]
+        layers.append({"name": "classifier", "op": "linear", "in_channels": w.feature_mix,
+                       "out_channels": n_classes, "in_size": 1, "out_size": 1,
+                       "macs": w.feature_mix * n_classes, "params": w.feature_mix * n_classes + n_classes})
+        return layers
+
+    def graph(self, config: Config) -> nx.DiGraph:
+        """Layers as nodes in forward order; node attributes: ``op``, ``in_channels``, ``out_channels``,
+        ``in_size``/``out_size`` (spatial), and for convolutions ``kernel``, ``stride``, ``act``;
+        MBConv blocks also ``mid_channels``, ``expand_ratio``, ``se``, ``idskip``."""
+        self.validate(config)
+        g = nx.DiGraph(space=self.name, resolution=config["r"])
+        previous = None
+        for layer in self._layers(config):
+            attrs = {k: v for k, v in layer.items() if k not in ("name", "block")}
+            g.add_node(layer["name"], **attrs)
+            if previous is not None:
+                g.add_edge(previous, layer["name"])
+            previous = layer["name"]
+        return g
+
+    # ------------------------------------------------------------------ networks
+    @property
+    def supernet(self) -> OFAMobileNetV3:
+        if self._supernet is None:
+            o = self._options
+            self._supernet = OFAMobileNetV3(o["n_classes"], o["width_mult"], o["ks_list"], o["expand_ratio_list"],
+                                            o["depth_list"], o["dropout_rate"], o["bn_param"], o["kernel_transform"])
+        return self._supernet
+
+    def activate(self, config: Config) -> None:
+        self.validate(config)
+        self.supernet.set_active(config["ks"], config["e"], config["d"])
+
+    def extract(self, config: Config) -> torch.nn.Module:
+        self.activate(config)
+        return self.supernet.extract()
+
+    def example_input(self, config: Config, batch: int = 1) -> torch.Tensor:
+        self.validate(config)
+        r = config["r"]
+        generator = torch.Generator().manual_seed(0)
+        return torch.randn(batch, 3, r, r, generator=generator)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["channels"] = {"stem": self.widths.stem, "first_block": self.widths.first_block,
+                            "stages": list(self.widths.stages), "final_expand": self.widths.final_expand,
+                            "feature_mix": self.widths.feature_mix}
+        return info
+
+
+def _conv(name: str, in_ch: int, out_ch: int, size: int, k: int, stride: int, bn: bool, act: str) -> dict[str, Any]:
+    out_size = conv_output_size(size, k, stride)
+    return {"name": name, "op": "conv", "in_channels": in_ch, "out_channels": out_ch, "in_size": size,
+            "out_size": out_size, "kernel": k, "stride": stride, "act": act, "bn": bn,
+            "macs": out_size * out_size * in_ch * out_ch * k * k,
+            "params": in_ch * out_ch * k * k + (2 * out_ch if bn else 0)}
+
+
+def _mbconv(name: str, in_ch: int, out_ch: int, size: int, k: int, stride: int, mid: int, act: str, se: bool,
+            idskip: bool, expand: bool, block: int, expand_ratio: float) -> dict[str, Any]:
+    out_size = conv_output_size(size, k, stride)
+    macs = out_size * out_size * mid * (k * k + out_ch)                  # depthwise + projection
+    params = mid * k * k + 2 * mid + mid * out_ch + 2 * out_ch
+    if expand:
+        macs += size * size * in_ch * mid
+        params += in_ch * mid + 2 * mid
+    if se:
+        se_mid = se_mid_channels(mid)
+        macs += 2 * mid * se_mid
+        params += 2 * mid * se_mid + se_mid + mid
+    return {"name": name, "op": "mbconv", "in_channels": in_ch, "out_channels": out_ch, "in_size": size,
+            "out_size": out_size, "kernel": k, "stride": stride, "act": act, "mid_channels": mid,
+            "expand_ratio": expand_ratio, "se": se, "idskip": idskip, "macs": macs, "params": params, "block": block}
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    if options["n_classes"] < 1 or options["width_mult"] <= 0:
+        raise ConfigError("ofa_mbv3: n_classes must be >= 1 and width_mult > 0")
+    if any(k % 2 == 0 or k < 1 for k in options["ks_list"]):
+        raise ConfigError(f"ofa_mbv3: kernel sizes must be odd and positive; got {options['ks_list']}")
+    if any(e <= 0 for e in options["expand_ratio_list"]) or any(d < 1 for d in options["depth_list"]):
+        raise ConfigError("ofa_mbv3: expand ratios must be > 0 and depths >= 1")
+    if any(r < 32 for r in options["resolutions"]):
+        raise ConfigError(f"ofa_mbv3: resolutions must be >= 32 (five stride-2 layers); got {options['resolutions']}")
