@@ -131,9 +131,18 @@ class SearchSpace(abc.ABC):
         """``n`` random configs (uniform per gene), reproducible for a given ``seed``."""
         return self.decode(self.random_vectors(n, np.random.default_rng(seed)))
 
-    @abc.abstractmethod
     def canonical(self, vectors: np.ndarray) -> np.ndarray:
-        """Normalise genes that cannot affect the network, so equal networks encode equally."""
+        """Normalise genes that cannot affect the network, so equal networks encode equally.
+
+        Takes one ``(genes,)`` vector or an ``(n, genes)`` batch and returns the same shape.
+        """
+        batch, single = self._as_batch(vectors)
+        out = self._canonical(batch.copy())
+        return out[0] if single else out
+
+    @abc.abstractmethod
+    def _canonical(self, batch: np.ndarray) -> np.ndarray:
+        """Canonicalise a validated ``(n, genes)`` batch (a copy the method may modify)."""
 
     @abc.abstractmethod
     def size(self) -> int:

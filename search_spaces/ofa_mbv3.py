@@ -26,7 +26,7 @@ from search_spaces.ofa_supernet import (
     FIRST_BLOCK_ACT, STAGE_ACTS, STAGE_SE, STAGE_STRIDES, OFAMobileNetV3, Widths,
 )
 from search_spaces.ops.helpers import conv_output_size, make_divisible
-from search_spaces.ops.static import se_mid_channels
+from search_spaces.ops.static import ConvLayer, LinearLayer, MBConv, MobileNetV3, ResidualBlock, se_mid_channels
 
 N_STAGES = 5
 
@@ -92,8 +92,7 @@ class OFAMobileNetV3Space(SearchSpace):
         stage = np.repeat(np.arange(N_STAGES), self.max_depth)
         return position[None, :] < depth[:, stage]
 
-    def canonical(self, vectors: np.ndarray) -> np.ndarray:
-        out = self.check_vectors(vectors).copy()
+    def _canonical(self, out: np.ndarray) -> np.ndarray:
         inactive = ~self.active_blocks(out)
         out[:, self.ks_cols][inactive] = 0   # basic slices are views: the masked writes land in ``out``
         out[:, self.e_cols][inactive] = 0
@@ -214,6 +213,26 @@ class OFAMobileNetV3Space(SearchSpace):
     def extract(self, config: Config) -> torch.nn.Module:
         self.activate(config)
         return self.supernet.extract()
+
+    def from_scratch(self, config: Config) -> torch.nn.Module:
+        """A freshly initialised plain network of the subnet's shape (no supernet weights involved).
+
+        The baseline for "train the subnet alone" and for checking that extraction costs no speed.
+        """
+        layers = {layer["name"]: layer for layer in self._layers(self.validate(config))}
+        blocks = [ResidualBlock(MBConv(b["in_channels"], b["out_channels"], b["kernel"], b["stride"],
+                                       b["mid_channels"], b["act"], b["se"], expand=b["block"] > 0), b["idskip"])
+                  for b in layers.values() if b["op"] == "mbconv"]
+        w = self.widths
+        net = MobileNetV3(ConvLayer(3, w.stem, 3, 2, act="h_swish"), blocks,
+                          ConvLayer(w.stages[-1], w.final_expand, 1, act="h_swish"),
+                          ConvLayer(w.final_expand, w.feature_mix, 1, use_bn=False, act="h_swish"),
+                          LinearLayer(w.feature_mix, self._options["n_classes"], self._options["dropout_rate"]))
+        momentum, eps = self._options["bn_param"]
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum, m.eps = momentum, eps
+        return net
 
     def example_input(self, config: Config, batch: int = 1) -> torch.Tensor:
         self.validate(config)

@@ -19,6 +19,28 @@ from search_spaces.ops.helpers import make_divisible, same_padding
 from search_spaces.ops.static import MBConv, se_mid_channels, SqueezeExcite
 
 
+class InferenceCache:
+    """One remembered derived weight (a slice, a transformed kernel) while gradients are off.
+
+    Slicing, kernel transforms and the contiguous copies they need are most of the elastic forward's
+    overhead on small inputs. With gradients off, the result for the same arguments is reused until a
+    source tensor changes: the key holds each source's storage address and in-place version counter,
+    so ``load_state_dict``, optimiser steps, re-ordering and device moves all invalidate it.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value = None
+
+    def get(self, args: tuple, sources: tuple[torch.Tensor, ...], compute):
+        if torch.is_grad_enabled():
+            return compute()
+        key = (args, tuple((t.data_ptr(), t._version) for t in sources))
+        if key != self.key:
+            self.value, self.key = compute(), key
+        return self.value
+
+
 class DynamicConv2d(nn.Module):
     """A dense convolution computing with the first ``in`` input and ``active_out_channels`` outputs."""
 
@@ -26,12 +48,14 @@ class DynamicConv2d(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(max_in_channels, max_out_channels, kernel_size, stride=stride, bias=False)
         self.active_out_channels = max_out_channels
+        self._cache = InferenceCache()
 
     def active_weight(self, out_channels: int, in_channels: int) -> torch.Tensor:
         return self.conv.weight[:out_channels, :in_channels]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.active_weight(self.active_out_channels, x.shape[1])
+        out, inp = self.active_out_channels, x.shape[1]
+        weight = self._cache.get((out, inp), (self.conv.weight,), lambda: self.active_weight(out, inp).contiguous())
         return F.conv2d(x, weight, None, self.conv.stride, same_padding(self.conv.kernel_size[0]))
 
 
@@ -55,6 +79,7 @@ class DynamicSeparableConv2d(nn.Module):
             for small, large in zip(self.kernel_sizes[:-1], self.kernel_sizes[1:]):
                 self.register_parameter(f"{large}to{small}_matrix", nn.Parameter(torch.eye(small * small)))
         self.active_kernel_size = self.max_kernel_size
+        self._cache = InferenceCache()
 
     def active_weight(self, channels: int, kernel_size: int) -> torch.Tensor:
         weight = self.conv.weight[:channels]
@@ -72,7 +97,9 @@ class DynamicSeparableConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.active_kernel_size
         channels = x.shape[1]
-        return F.conv2d(x, self.active_weight(channels, k), None, self.conv.stride, same_padding(k), 1, channels)
+        weight = self._cache.get((channels, k), tuple(self.parameters()),
+                                 lambda: self.active_weight(channels, k).contiguous())
+        return F.conv2d(x, weight, None, self.conv.stride, same_padding(k), 1, channels)
 
 
 def _centre_crop(weight: torch.Tensor, size: int) -> torch.Tensor:
@@ -105,6 +132,10 @@ class DynamicBatchNorm2d(nn.Module):
 class DynamicSE(SqueezeExcite):
     """Squeeze-excitation whose hidden width follows the number of input channels."""
 
+    def __init__(self, channels: int):
+        super().__init__(channels)
+        self._cache = InferenceCache()
+
     def active_weights(self, channels: int) -> tuple[torch.Tensor, ...]:
         mid = se_mid_channels(channels)
         reduce, expand = self.fc.reduce, self.fc.expand
@@ -112,7 +143,9 @@ class DynamicSE(SqueezeExcite):
                 expand.weight[:channels, :mid], expand.bias[:channels])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w_r, b_r, w_e, b_e = self.active_weights(x.shape[1])
+        channels = x.shape[1]
+        w_r, b_r, w_e, b_e = self._cache.get((channels,), tuple(self.parameters()), lambda: tuple(
+            w.contiguous() for w in self.active_weights(channels)))
         y = F.conv2d(x.mean((2, 3), keepdim=True), w_r, b_r)
         y = F.conv2d(self.fc.relu(y), w_e, b_e)
         return x * self.fc.h_sigmoid(y)

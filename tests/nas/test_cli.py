@@ -1,0 +1,88 @@
+"""The ``nas`` command line: listings, errors as one line with exit code 2, checkpoint import."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import search_spaces
+from nas.cli import main
+from search_spaces.checkpoint import load_supernet
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    out, err = capsys.readouterr()
+    return exit_info.value.code or 0, out, err
+
+
+def test_help_lists_the_command_groups(capsys):
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0 and "spaces" in out and "supernet" in out
+
+
+def test_spaces_list_and_show(capsys):
+    code, out, _ = run(["spaces", "list"], capsys)
+    assert code == 0 and "ofa_mbv3" in out
+    code, out, _ = run(["spaces", "show", "ofa_mbv3", "-o", "width_mult=0.5"], capsys)
+    assert code == 0 and "46 genes" in out and "'width_mult': 0.5" in out
+
+
+def test_spaces_profile_prints_measured_latency(capsys):
+    code, out, _ = run(["spaces", "profile", "ofa_mbv3", "--samples", "2", "--runs", "3",
+                        "-o", "width_mult=0.25", "-o", "resolutions=[32]", "-o", "n_classes=10"], capsys)
+    assert code == 0 and "latency ms" in out and out.count("r=32") == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["spaces", "show", "nope"], "unknown search space 'nope'"),
+    (["spaces", "show", "ofa_mbv3", "-o", "width_mult"], "is not KEY=VALUE"),
+    (["spaces", "show", "ofa_mbv3", "-o", "colour=3"], "bad options"),
+    (["spaces", "show", "ofa_mbv3", "-o", "ks_list=[2,4]"], "kernel sizes must be odd"),
+    (["spaces", "profile", "ofa_mbv3", "--samples", "0"], "must be positive"),
+])
+def test_user_errors_exit_2_with_one_line(argv, message, capsys):
+    code, _, err = run(argv, capsys)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_console_script_prints_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "nas", "spaces", "show", "nope"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.startswith("error:")
+
+
+def _reference_style_checkpoint(path, space):
+    state = {k.replace(".conv.", ".mobile_inverted_conv.", 1) if k.startswith("blocks.") else k: v
+             for k, v in space.supernet.state_dict().items()}
+    torch.save({"state_dict": state}, path)
+
+
+def test_import_ofa_checkpoint(tmp_path, capsys):
+    space = search_spaces.get("ofa_mbv3", n_classes=10, width_mult=0.25)
+    _reference_style_checkpoint(tmp_path / "ofa.pth", space)
+    out = tmp_path / "supernet.pt"
+    code, stdout, _ = run(["supernet", "import", "ofa", str(tmp_path / "ofa.pth"), "--out", str(out)], capsys)
+    assert code == 0 and out.exists()
+    loaded = load_supernet(out)
+    assert loaded.options["width_mult"] == 0.25 and loaded.options["n_classes"] == 10
+    code, stdout, _ = run(["supernet", "show", str(out)], capsys)
+    assert code == 0 and "ofa_mbv3" in stdout
+
+
+def test_import_refuses_to_overwrite_and_reports_mismatches(tmp_path, capsys):
+    space = search_spaces.get("ofa_mbv3", n_classes=10, width_mult=0.25)
+    _reference_style_checkpoint(tmp_path / "ofa.pth", space)
+    out = tmp_path / "supernet.pt"
+    out.write_bytes(b"precious")
+    code, _, err = run(["supernet", "import", "ofa", str(tmp_path / "ofa.pth"), "--out", str(out)], capsys)
+    assert code == 2 and "exists" in err and out.read_bytes() == b"precious"
+    # a checkpoint with fewer blocks than the options say: named keys, nothing written
+    target = tmp_path / "new.pt"
+    code, _, err = run(["supernet", "import", "ofa", str(tmp_path / "ofa.pth"), "--out", str(target),
+                        "-o", "depth_list=[2,3,4,5]"], capsys)
+    assert code == 2 and "missing keys" in err and "blocks." in err and not target.exists()
+    (tmp_path / "junk.pth").write_text("junk")
+    code, _, err = run(["supernet", "import", "ofa", str(tmp_path / "junk.pth"), "--out", str(target)], capsys)
+    assert code == 2 and "cannot read checkpoint" in err and not target.exists()
