@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 
@@ -148,7 +148,41 @@ class SearchSpace(abc.ABC):
     def size(self) -> int:
         """Number of distinct subnetworks (distinct canonical encodings)."""
 
+    def active_genes(self, vectors: np.ndarray) -> np.ndarray:
+        """Boolean ``(n, genes)``: which genes can affect each network (all, unless overridden)."""
+        return np.ones(self.check_vectors(vectors).shape, dtype=bool)
+
+    def features(self, vectors: np.ndarray) -> np.ndarray:
+        """Float ``(n, F)`` predictor features: one-hot of every *active* gene (inactive genes are all
+        zero, so equivalent encodings get equal features), then the space's ``extra_features``."""
+        batch = self.check_vectors(vectors)
+        offsets = np.concatenate([[0], np.cumsum(self.cardinalities)[:-1]])
+        onehot = np.zeros((len(batch), int(self.cardinalities.sum())), dtype=np.float32)
+        rows, cols = np.nonzero(self.active_genes(batch))
+        onehot[rows, offsets[cols] + batch[rows, cols]] = 1.0
+        return np.hstack([onehot, self.extra_features(batch)])
+
+    def extra_features(self, vectors: np.ndarray) -> np.ndarray:
+        """Space-specific aggregate features (e.g. depth per stage), ``(n, k)``; none by default."""
+        return np.zeros((len(vectors), 0), dtype=np.float32)
+
     # ------------------------------------------------------------------ costs
+    def additive_cost(self, layer_value: Callable[[dict], float]) -> Callable[[np.ndarray], np.ndarray]:
+        """A batch scorer for a cost that is a sum over the subnet's layers.
+
+        ``layer_value(layer_attrs) -> float`` is called on graph node attribute dicts. The default
+        sums over ``graph(config)`` per row; spaces whose layers depend on few genes override this
+        with precomputed tables so a batch is scored with numpy indexing (lookup-table latency,
+        analytic MACs). Each distinct layer is passed to ``layer_value`` when the scorer is built or
+        first used, so a ``layer_value`` that raises for a missing layer fails early.
+        """
+
+        def score(vectors: np.ndarray) -> np.ndarray:
+            configs = self.decode(self.check_vectors(vectors))
+            return np.array([sum(layer_value(a) for _, a in self.graph(c).nodes(data=True)) for c in configs])
+
+        return score
+
     def cost(self, name: str, vectors: np.ndarray) -> np.ndarray:
         """The cost ``name`` (one of ``costs``) of every row of ``vectors``."""
         if name not in self.costs:

@@ -13,7 +13,7 @@ the supernet uses.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from typing import Any, Callable
 
 import networkx as nx
 import numpy as np
@@ -103,37 +103,63 @@ class OFAMobileNetV3Space(SearchSpace):
         per_stage = sum(per_block ** d for d in self.depth_list)
         return per_stage ** N_STAGES * len(self.resolutions)
 
+    def active_genes(self, vectors: np.ndarray) -> np.ndarray:
+        v = self.check_vectors(vectors)
+        active = np.ones(v.shape, dtype=bool)
+        blocks = self.active_blocks(v)
+        active[:, self.ks_cols] = blocks
+        active[:, self.e_cols] = blocks
+        return active
+
+    def extra_features(self, vectors: np.ndarray) -> np.ndarray:
+        """Per stage: depth, mean kernel and mean expand ratio of its active blocks; resolution."""
+        blocks = self.active_blocks(vectors).reshape(len(vectors), N_STAGES, self.max_depth)
+        ks = np.asarray(self.ks_list, dtype=np.float32)[vectors[:, self.ks_cols]].reshape(blocks.shape)
+        e = np.asarray(self.expand_ratio_list, dtype=np.float32)[vectors[:, self.e_cols]].reshape(blocks.shape)
+        depth = blocks.sum(axis=2)
+        mean_k = (ks * blocks).sum(axis=2) / depth
+        mean_e = (e * blocks).sum(axis=2) / depth
+        r = np.asarray(self.resolutions, dtype=np.float32)[vectors[:, self.r_col]][:, None] / 224.0
+        return np.hstack([depth, mean_k, mean_e, r]).astype(np.float32)
+
     # ------------------------------------------------------------------ costs
     def macs(self, vectors: np.ndarray) -> np.ndarray:
-        return self._table_cost(self._cost_tables["macs"], self.check_vectors(vectors))
+        return self._analytic("macs")(vectors)
 
     def params(self, vectors: np.ndarray) -> np.ndarray:
-        return self._table_cost(self._cost_tables["params"], self.check_vectors(vectors))
-
-    def _table_cost(self, tables: tuple[np.ndarray, np.ndarray], v: np.ndarray) -> np.ndarray:
-        fixed, per_block = tables                                 # (R,), (blocks, K, E, R)
-        r = v[:, self.r_col]
-        blocks = np.arange(self.n_blocks)
-        block_cost = per_block[blocks[None, :], v[:, self.ks_cols], v[:, self.e_cols], r[:, None]]
-        return fixed[r] + (block_cost * self.active_blocks(v)).sum(axis=1)
+        return self._analytic("params")(vectors)
 
     @cached_property
-    def _cost_tables(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per-resolution cost of the fixed layers and per-(block, k, e, r) cost of elastic blocks."""
+    def _analytic_scorers(self) -> dict:
+        return {name: self.additive_cost(lambda layer, name=name: layer[name]) for name in ("macs", "params")}
+
+    def _analytic(self, name: str):
+        return self._analytic_scorers[name]
+
+    def additive_cost(self, layer_value: Callable[[dict], float]) -> Callable[[np.ndarray], np.ndarray]:
+        """Tables ``fixed[r]`` (stem, first block, head) and ``per_block[b, k, e, r]``: a batch costs
+        ``fixed[r] + sum_b active[b] * per_block[b, k_b, e_b, r]``, numpy indexing only."""
         n_k, n_e, n_r = len(self.ks_list), len(self.expand_ratio_list), len(self.resolutions)
-        tables = {}
-        for name in ("macs", "params"):
-            fixed = np.zeros(n_r, dtype=np.int64)
-            per_block = np.zeros((self.n_blocks, n_k, n_e, n_r), dtype=np.int64)
-            for ri, r in enumerate(self.resolutions):
-                layers = self._layers(self._max_config(r))
-                fixed[ri] = sum(layer[name] for layer in layers if layer["op"] != "mbconv" or layer["block"] == 0)
-                for b in range(self.n_blocks):
-                    for ki, k in enumerate(self.ks_list):
-                        for ei, e in enumerate(self.expand_ratio_list):
-                            per_block[b, ki, ei, ri] = self._block_layer(b, k, e, r)[name]
-            tables[name] = (fixed, per_block)
-        return tables
+        fixed = np.zeros(n_r)
+        per_block = np.zeros((self.n_blocks, n_k, n_e, n_r))
+        for ri, r in enumerate(self.resolutions):
+            fixed[ri] = sum(layer_value(layer) for layer in self._layers(self._max_config(r))
+                            if layer["op"] != "mbconv" or layer["block"] == 0)
+            for b in range(self.n_blocks):
+                for ki, k in enumerate(self.ks_list):
+                    for ei, e in enumerate(self.expand_ratio_list):
+                        per_block[b, ki, ei, ri] = layer_value(self._block_layer(b, k, e, r))
+        if np.all(fixed == np.round(fixed)) and np.all(per_block == np.round(per_block)):
+            fixed, per_block = fixed.astype(np.int64), per_block.astype(np.int64)   # exact integer counts
+        blocks = np.arange(self.n_blocks)[None, :]
+
+        def score(vectors: np.ndarray) -> np.ndarray:
+            v = self.check_vectors(vectors)
+            r = v[:, self.r_col]
+            cost = per_block[blocks, v[:, self.ks_cols], v[:, self.e_cols], r[:, None]]
+            return fixed[r] + (cost * self.active_blocks(v)).sum(axis=1)
+
+        return score
 
     def _max_config(self, r: int) -> Config:
         return {"ks": [self.ks_list[-1]] * self.n_blocks, "e": [self.expand_ratio_list[-1]] * self.n_blocks,

@@ -121,3 +121,17 @@ def test_small_space_builds_and_runs_quickly(small_space):
         with torch.no_grad():
             space.supernet(space.example_input(config))
         assert time.perf_counter() - start < 1.0, name  # generous: typically ~0.1 s
+
+
+def test_features_are_equal_for_equivalent_encodings(space):
+    vectors = space.random_vectors(30, np.random.default_rng(4))
+    feats = space.features(vectors)
+    assert feats.shape[0] == 30 and feats.dtype == np.float32 and np.all(np.isfinite(feats))
+    assert np.array_equal(feats, space.features(space.canonical(vectors)))
+
+
+def test_additive_cost_over_layers_equals_the_analytic_costs(space):
+    vectors = space.random_vectors(10, np.random.default_rng(6))
+    assert np.array_equal(space.additive_cost(lambda layer: layer["macs"])(vectors), space.macs(vectors))
+    generic = search_spaces.SearchSpace.additive_cost(space, lambda layer: layer["params"])  # per-graph path
+    assert np.array_equal(generic(vectors), space.params(vectors))
