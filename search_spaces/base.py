@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 
 from nas.errors import ConfigError
+from search_spaces._kernels import first_out_of_range
 
 Config = dict[str, Any]
 
@@ -96,7 +98,7 @@ class SearchSpace(abc.ABC):
     def n_genes(self) -> int:
         return len(self.genes)
 
-    @property
+    @cached_property
     def cardinalities(self) -> np.ndarray:
         """Number of choices per gene, shape ``(genes,)``."""
         return np.array([len(g.choices) for g in self.genes], dtype=np.int64)
@@ -119,9 +121,12 @@ class SearchSpace(abc.ABC):
         self._encode_one(config)
         return config
 
-    def check_vectors(self, vectors: np.ndarray | Sequence) -> np.ndarray:
-        """Return ``vectors`` as an ``(n, genes)`` int64 array, or raise a clear ``ConfigError``."""
-        return self._as_batch(vectors)[0]
+    def check_vectors(self, vectors: np.ndarray | Sequence, check_range: bool = True) -> np.ndarray:
+        """Return ``vectors`` as a contiguous ``(n, genes)`` int64 array, or raise a clear ``ConfigError``.
+
+        ``check_range=False`` checks only shape and type, for scorers that validate while they read.
+        """
+        return self._as_batch(vectors, check_range)[0]
 
     def random_vectors(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` encodings with every gene drawn uniformly from its choices."""
@@ -215,6 +220,15 @@ class SearchSpace(abc.ABC):
     def extract(self, config: Config):
         """A standalone ``torch.nn.Module`` computing the subnet, with copied weights."""
 
+    def build_layer(self, layer: dict[str, Any]):
+        """A module computing one layer described by ``graph`` node attributes (for per-layer
+        latency tables). Spaces whose layers cannot be built in isolation leave this out."""
+        raise ConfigError(f"space {self.name!r} cannot build single layers; use a learned latency predictor")
+
+    def layer_input(self, layer: dict[str, Any], batch: int = 1):
+        """A valid input tensor for ``build_layer(layer)``."""
+        raise ConfigError(f"space {self.name!r} cannot build single layers; use a learned latency predictor")
+
     @abc.abstractmethod
     def example_input(self, config: Config, batch: int = 1):
         """A valid input tensor for the subnet ``config``."""
@@ -250,7 +264,7 @@ class SearchSpace(abc.ABC):
             "costs": list(self.costs),
         }
 
-    def _as_batch(self, vectors) -> tuple[np.ndarray, bool]:
+    def _as_batch(self, vectors, check_range: bool = True) -> tuple[np.ndarray, bool]:
         arr = np.asarray(vectors)
         single = arr.ndim == 1
         if single:
@@ -261,15 +275,20 @@ class SearchSpace(abc.ABC):
             )
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
             raise ConfigError(f"encodings must be integer arrays; got dtype {arr.dtype}")
-        arr = arr.astype(np.int64, copy=False)
-        bad = (arr < 0) | (arr >= self.cardinalities)
-        if bad.any():
-            row, col = np.argwhere(bad)[0]
-            gene = self.genes[col]
-            raise ConfigError(
-                f"encoding row {row}: gene {gene.name!r} index {arr[row, col]} is outside 0..{len(gene.choices) - 1}"
-            )
+        arr = np.ascontiguousarray(arr, dtype=np.int64)
+        if check_range:
+            self.raise_if_out_of_range(arr, first_out_of_range(arr, self.cardinalities))
         return arr, single
+
+    def raise_if_out_of_range(self, batch: np.ndarray, flat_index: int) -> None:
+        """Raise the ``ConfigError`` for the gene at ``flat_index`` (from a kernel); -1 means all valid."""
+        if flat_index < 0:
+            return
+        row, col = divmod(int(flat_index), self.n_genes)
+        gene = self.genes[col]
+        raise ConfigError(
+            f"encoding row {row}: gene {gene.name!r} index {batch[row, col]} is outside 0..{len(gene.choices) - 1}"
+        )
 
     def _encode_one(self, config: Config) -> np.ndarray:
         if not isinstance(config, dict):

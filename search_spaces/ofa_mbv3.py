@@ -20,13 +20,14 @@ import numpy as np
 import torch
 
 from nas.errors import ConfigError
+from search_spaces._kernels import block_table_sum
 from search_spaces._registry import register
 from search_spaces.base import Config, Gene, LayoutEntry, SearchSpace
 from search_spaces.ofa_supernet import (
     FIRST_BLOCK_ACT, STAGE_ACTS, STAGE_SE, STAGE_STRIDES, OFAMobileNetV3, Widths,
 )
 from search_spaces.ops.helpers import conv_output_size, make_divisible
-from search_spaces.ops.static import ConvLayer, LinearLayer, MBConv, MobileNetV3, ResidualBlock, se_mid_channels
+from search_spaces.ops.static import ConvLayer, GlobalAvgPool, LinearLayer, MBConv, MobileNetV3, ResidualBlock, se_mid_channels
 
 N_STAGES = 5
 
@@ -124,17 +125,14 @@ class OFAMobileNetV3Space(SearchSpace):
 
     # ------------------------------------------------------------------ costs
     def macs(self, vectors: np.ndarray) -> np.ndarray:
-        return self._analytic("macs")(vectors)
+        return self._analytic_scorers["macs"](vectors)
 
     def params(self, vectors: np.ndarray) -> np.ndarray:
-        return self._analytic("params")(vectors)
+        return self._analytic_scorers["params"](vectors)
 
     @cached_property
     def _analytic_scorers(self) -> dict:
         return {name: self.additive_cost(lambda layer, name=name: layer[name]) for name in ("macs", "params")}
-
-    def _analytic(self, name: str):
-        return self._analytic_scorers[name]
 
     def additive_cost(self, layer_value: Callable[[dict], float]) -> Callable[[np.ndarray], np.ndarray]:
         """Tables ``fixed[r]`` (stem, first block, head) and ``per_block[b, k, e, r]``: a batch costs
@@ -149,15 +147,28 @@ class OFAMobileNetV3Space(SearchSpace):
                 for ki, k in enumerate(self.ks_list):
                     for ei, e in enumerate(self.expand_ratio_list):
                         per_block[b, ki, ei, ri] = layer_value(self._block_layer(b, k, e, r))
-        if np.all(fixed == np.round(fixed)) and np.all(per_block == np.round(per_block)):
-            fixed, per_block = fixed.astype(np.int64), per_block.astype(np.int64)   # exact integer counts
-        blocks = np.arange(self.n_blocks)[None, :]
+        return self._table_scorer(fixed, per_block)
+
+    def _table_scorer(self, fixed: np.ndarray, per_block: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """Fold the depth gene into the table so that a row costs one gather per block.
+
+        ``table[r, b, k, e, d]`` is block ``b``'s cost, or 0 when depth choice ``d`` of its stage drops
+        the block; the compiled ``block_table_sum`` adds ``fixed[r]`` and one value per block.
+        """
+        exact = np.all(fixed == np.round(fixed)) and np.all(per_block == np.round(per_block))
+        dtype = np.int64 if exact else np.float64                          # exact integer counts stay exact
+        position = np.arange(self.n_blocks) % self.max_depth
+        kept = position[:, None] < np.asarray(self.depth_list)[None, :]                   # (blocks, D)
+        folded = per_block[..., None] * kept[:, None, None, None, :]                      # (B, K, E, R, D)
+        table = np.ascontiguousarray(folded.transpose(3, 0, 1, 2, 4), dtype=dtype)         # (R, B, K, E, D)
+        fixed = np.ascontiguousarray(fixed, dtype=dtype)
 
         def score(vectors: np.ndarray) -> np.ndarray:
-            v = self.check_vectors(vectors)
-            r = v[:, self.r_col]
-            cost = per_block[blocks, v[:, self.ks_cols], v[:, self.e_cols], r[:, None]]
-            return fixed[r] + (cost * self.active_blocks(v)).sum(axis=1)
+            v = self.check_vectors(vectors, check_range=False)
+            out = np.empty(len(v), dtype=dtype)
+            bad = block_table_sum(v, self.n_blocks, self.max_depth, fixed, table, out)
+            self.raise_if_out_of_range(v, bad)
+            return out
 
         return score
 
@@ -182,8 +193,9 @@ class OFAMobileNetV3Space(SearchSpace):
     def _block_layer(self, block: int, k: int, e: float, r: int) -> dict[str, Any]:
         in_ch, out_ch, size, stride, act, se = self._block_io(block, r)
         mid = make_divisible(round(in_ch * e), 8)
-        return _mbconv(f"blocks.{block + 1}", in_ch, out_ch, size, k, stride, mid, act, se,
-                       idskip=stride == 1 and in_ch == out_ch, expand=True, block=block + 1, expand_ratio=e)
+        layer = _mbconv(f"blocks.{block + 1}", in_ch, out_ch, size, k, stride, mid, act, se,
+                        idskip=stride == 1 and in_ch == out_ch, expand=True, block=block + 1, expand_ratio=e)
+        return {**layer, "resolution": r}
 
     def _layers(self, config: Config) -> list[dict[str, Any]]:
         """Every layer of the subnet with its shapes, MACs and params, in forward order."""
@@ -206,12 +218,13 @@ class OFAMobileNetV3Space(SearchSpace):
         layers.append({"name": "classifier", "op": "linear", "in_channels": w.feature_mix,
                        "out_channels": n_classes, "in_size": 1, "out_size": 1,
                        "macs": w.feature_mix * n_classes, "params": w.feature_mix * n_classes + n_classes})
-        return layers
+        return [{**layer, "resolution": r} for layer in layers]
 
     def graph(self, config: Config) -> nx.DiGraph:
         """Layers as nodes in forward order; node attributes: ``op``, ``in_channels``, ``out_channels``,
-        ``in_size``/``out_size`` (spatial), and for convolutions ``kernel``, ``stride``, ``act``;
-        MBConv blocks also ``mid_channels``, ``expand_ratio``, ``se``, ``idskip``."""
+        ``in_size``/``out_size`` (spatial), ``resolution`` (the network's input), ``macs``, ``params``;
+        convolutions also ``kernel``, ``stride``, ``act``, ``bn``; MBConv blocks also ``mid_channels``,
+        ``expand_ratio``, ``expand_conv`` (has a 1x1 expansion), ``se``, ``idskip``."""
         self.validate(config)
         g = nx.DiGraph(space=self.name, resolution=config["r"])
         previous = None
@@ -246,9 +259,7 @@ class OFAMobileNetV3Space(SearchSpace):
         The baseline for "train the subnet alone" and for checking that extraction costs no speed.
         """
         layers = {layer["name"]: layer for layer in self._layers(self.validate(config))}
-        blocks = [ResidualBlock(MBConv(b["in_channels"], b["out_channels"], b["kernel"], b["stride"],
-                                       b["mid_channels"], b["act"], b["se"], expand=b["block"] > 0), b["idskip"])
-                  for b in layers.values() if b["op"] == "mbconv"]
+        blocks = [self.build_layer(b) for b in layers.values() if b["op"] == "mbconv"]
         w = self.widths
         net = MobileNetV3(ConvLayer(3, w.stem, 3, 2, act="h_swish"), blocks,
                           ConvLayer(w.stages[-1], w.final_expand, 1, act="h_swish"),
@@ -259,6 +270,28 @@ class OFAMobileNetV3Space(SearchSpace):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.momentum, m.eps = momentum, eps
         return net
+
+    def build_layer(self, layer: dict[str, Any]) -> torch.nn.Module:
+        """A freshly initialised module computing one layer described by ``graph`` node attributes."""
+        op = layer["op"]
+        if op == "conv":
+            return ConvLayer(layer["in_channels"], layer["out_channels"], layer["kernel"], layer["stride"],
+                             use_bn=layer["bn"], act=layer["act"])
+        if op == "mbconv":
+            body = MBConv(layer["in_channels"], layer["out_channels"], layer["kernel"], layer["stride"],
+                          layer["mid_channels"], layer["act"], layer["se"], expand=layer["expand_conv"])
+            return ResidualBlock(body, layer["idskip"])
+        if op == "global_avg_pool":
+            return GlobalAvgPool()
+        if op == "linear":
+            return LinearLayer(layer["in_channels"], layer["out_channels"])
+        raise ConfigError(f"ofa_mbv3 has no layer op {op!r}")
+
+    def layer_input(self, layer: dict[str, Any], batch: int = 1) -> torch.Tensor:
+        """A valid input for ``build_layer(layer)``."""
+        if layer["op"] == "linear":
+            return torch.randn(batch, layer["in_channels"])
+        return torch.randn(batch, layer["in_channels"], layer["in_size"], layer["in_size"])
 
     def example_input(self, config: Config, batch: int = 1) -> torch.Tensor:
         self.validate(config)
@@ -296,7 +329,8 @@ def _mbconv(name: str, in_ch: int, out_ch: int, size: int, k: int, stride: int, 
         params += 2 * mid * se_mid + se_mid + mid
     return {"name": name, "op": "mbconv", "in_channels": in_ch, "out_channels": out_ch, "in_size": size,
             "out_size": out_size, "kernel": k, "stride": stride, "act": act, "mid_channels": mid,
-            "expand_ratio": expand_ratio, "se": se, "idskip": idskip, "macs": macs, "params": params, "block": block}
+            "expand_ratio": expand_ratio, "expand_conv": expand, "se": se, "idskip": idskip, "macs": macs,
+            "params": params, "block": block}
 
 
 def _check_options(options: dict[str, Any]) -> None:

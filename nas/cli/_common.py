@@ -27,3 +27,27 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
 
 
 OPTION_HELP = "Space option KEY=VALUE (repeatable), e.g. -o width_mult=0.5 -o resolutions=[128,160]"
+
+
+class ProgressBars:
+    """``rich`` progress bars behind the ``(task, total) -> advance()`` callback the builders take."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=False)
+
+    def __enter__(self) -> "ProgressBars":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def __call__(self, description: str, total: int | None):
+        task = self.progress.add_task(description, total=total)
+        return lambda: self.progress.advance(task)
+
+
+DEVICES_HELP = "YAML file adding devices to the built-ins (see devices.yaml)."

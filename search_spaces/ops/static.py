@@ -121,6 +121,13 @@ class ResidualBlock(nn.Module):
         return out + x if self.identity_shortcut else out
 
 
+class GlobalAvgPool(nn.Module):
+    """Mean over the spatial dimensions, keeping them as size 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3), keepdim=True)
+
+
 class MobileNetV3(nn.Module):
     """Stem, blocks, final 1x1 expand, global pool, feature mix, classifier."""
 

@@ -1,0 +1,170 @@
+"""The device registry: where a ``latency@DEVICE`` number comes from.
+
+A device says how its latency is obtained:
+
+* ``measured``: run here by a backend (``torch`` eager on CPU/CUDA, ``onnxruntime``), with a stated
+  thread count and batch size;
+* ``lut``: predicted from an imported per-layer lookup table (e.g. OFA's Note10 tables) for one space;
+* ``table``: looked up in a table of measured architectures (e.g. NAS-Bench-201 × HW-NAS-Bench) of a
+  tabular space.
+
+Built-ins: ``cpu`` (torch, 1 thread), ``cpu-ort`` (ONNX Runtime, 1 thread), ``cuda``/``cuda:N`` when
+torch sees a GPU, ``note10`` (OFA's Note10 tables, OFA-MBv3 w1.2), and one ``table`` device per latency
+column of every tabular space (``pixel3``, ``raspi4``, ... of ``nb201``). A YAML file adds or overrides
+devices::
+
+    devices:
+      - name: cpu-2t
+        kind: measured
+        backend: torch
+        threads: 2
+      - name: mylut
+        kind: lut
+        lut: path/to/tables        # a folder of {R}_lookup_table.yaml files
+        lut_format: ofa
+        space: ofa_mbv3
+        space_options: {width_mult: 1.2, resolutions: [160, 176, 192, 208, 224]}
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nas.errors import ConfigError, UnknownNameError
+
+KINDS = ("measured", "lut", "table")
+NOTE10_TABLES = Path(__file__).resolve().parents[1] / "predictors" / "data" / "ofa_note10"
+
+
+@dataclass(frozen=True)
+class Device:
+    """One target device and how its latency is obtained."""
+
+    name: str
+    kind: str
+    description: str = ""
+    backend: str | None = None
+    torch_device: str = "cpu"
+    threads: int = 1
+    batch: int = 1
+    lut: str | None = None
+    lut_format: str | None = None
+    space: str | None = None
+    space_options: dict[str, Any] = field(default_factory=dict)
+    column: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"device {self.name!r}: kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
+        required = {"measured": ("backend",), "lut": ("lut", "lut_format", "space"), "table": ("space", "column")}
+        missing = [k for k in required[self.kind] if getattr(self, k) in (None, "")]
+        if missing:
+            raise ConfigError(f"device {self.name!r} of kind {self.kind} needs {', '.join(missing)}")
+        if self.threads < 1 or self.batch < 1:
+            raise ConfigError(f"device {self.name!r}: threads and batch must be >= 1")
+
+    @property
+    def measurable(self) -> bool:
+        """Whether latency can be measured on this machine (rather than predicted or looked up)."""
+        return self.kind == "measured"
+
+    def measure(self, model, example_input, *, warmup: int = 10, runs: int = 50):
+        """Measure ``model`` on this device (batch from the device, input replicated to it)."""
+        from evaluators.backends import get_backend
+
+        if not self.measurable:
+            raise ConfigError(f"device {self.name!r} is a {self.kind} device; its latency cannot be measured here")
+        x = example_input[:1].expand(self.batch, *example_input.shape[1:]).contiguous()
+        return get_backend(self.backend)(model, x, threads=self.threads, warmup=warmup, runs=runs,
+                                         device=self.torch_device)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in (None, {}, "")}
+
+
+def builtin_devices() -> dict[str, Device]:
+    devices = [
+        Device("cpu", "measured", "torch eager on this machine's CPU, 1 thread, batch 1", backend="torch"),
+        Device("cpu-ort", "measured", "ONNX Runtime CPU on this machine, 1 thread, batch 1", backend="onnxruntime"),
+        Device("note10", "lut", "Samsung Note10 (OFA's published per-layer tables; OFA-MBv3 width 1.2)",
+               lut=str(NOTE10_TABLES), lut_format="ofa", space="ofa_mbv3",
+               space_options={"width_mult": 1.2, "resolutions": list(range(160, 225, 4))}),
+    ]
+    devices += _cuda_devices() + _table_devices()
+    return {d.name: d for d in devices}
+
+
+def _cuda_devices() -> list[Device]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    out = [Device("cuda", "measured", f"torch eager on {torch.cuda.get_device_name(0)}", backend="torch",
+                  torch_device="cuda")]
+    out += [Device(f"cuda:{i}", "measured", f"torch eager on {torch.cuda.get_device_name(i)}", backend="torch",
+                   torch_device=f"cuda:{i}") for i in range(torch.cuda.device_count())]
+    return out
+
+
+def _table_devices() -> list[Device]:
+    """A ``table`` device per latency column of each registered space that has a table of measurements."""
+    import search_spaces
+
+    out = []
+    for name in search_spaces.names():
+        cls = search_spaces.space_class(name)
+        if hasattr(cls, "table_devices"):
+            for device, column in search_spaces.get(name).table_devices().items():
+                out.append(Device(device, "table", f"{column} of the {name} table", space=name, column=column))
+    return out
+
+
+def load_devices(path: str | os.PathLike | None = None) -> dict[str, Device]:
+    """Built-in devices, plus (overriding by name) those defined in the YAML file ``path``."""
+    devices = builtin_devices()
+    if path is not None:
+        for entry in read_device_entries(path):
+            if "kind" in entry:
+                devices[entry["name"]] = _device_from_entry(entry, path)
+    return devices
+
+
+def read_device_entries(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The ``devices:`` list of a YAML file, each entry a dict with at least a ``name``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"device file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"device file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    entries = data.get("devices") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"device file {path} must hold a non-empty list under 'devices:'")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ConfigError(f"device file {path}: entry {i} must be a mapping with a 'name'")
+    return entries
+
+
+def _device_from_entry(entry: dict[str, Any], path: str | os.PathLike) -> Device:
+    known = {f.name for f in fields(Device)}
+    unknown = sorted(set(entry) - known - {"budgets_ms"})
+    if unknown:
+        raise ConfigError(f"device file {path}: device {entry['name']!r} has unknown keys {unknown}")
+    values = {k: v for k, v in entry.items() if k in known}
+    if values.get("lut") and not os.path.isabs(values["lut"]):
+        values["lut"] = str((Path(path).parent / values["lut"]).resolve())
+    return Device(**values)
+
+
+def get_device(name: str, path: str | os.PathLike | None = None) -> Device:
+    devices = load_devices(path)
+    if name not in devices:
+        raise UnknownNameError(f"unknown device {name!r}; known devices: {', '.join(sorted(devices))}")
+    return devices[name]

@@ -1,0 +1,124 @@
+"""The ``Searcher`` interface: ask for candidates, tell their results.
+
+Everything a searcher sees is an integer encoding of the space (``(n, genes)`` arrays). Objectives
+are all **minimised** (the engine negates metrics to maximise, such as accuracy); constraint values
+are feasible iff ``<= 0`` (pymoo's ``G`` convention, optuna's ``set_constraint``).
+
+Contract (checked by ``tests/nas/searchers/test_conformance.py`` for every registered searcher):
+
+* ``ask(n)`` returns at most ``n`` canonical encodings, none of which was returned before (repeats are
+  removed by canonical encoding); fewer than ``n`` (even zero) means "tell me results first" or
+  "space exhausted". ``ask`` may be called several times before the matching ``tell``.
+* ``tell(vectors, objectives, constraints)`` accepts any subset of asked candidates in any order. A
+  failed evaluation is told with a row of ``nan`` objectives; the searcher treats it as infeasible and
+  worst, and never proposes it again.
+* Determinism: two searchers built with the same arguments and fed the same calls return the same
+  candidates. Resume relies on it: a searcher can always be rebuilt by replaying the run store's
+  asks and tells; ``state_dict``/``load_state_dict`` are a faster path to the same state.
+"""
+
+from __future__ import annotations
+
+import abc
+import warnings
+from typing import Any, Callable, ClassVar, TypeVar
+
+import numpy as np
+
+from nas.errors import ConfigError, UnknownNameError
+from search_spaces import SearchSpace
+
+_SEARCHERS: dict[str, type["Searcher"]] = {}
+S = TypeVar("S", bound=type)
+
+
+def register(name: str) -> Callable[[S], S]:
+    """Class decorator: make a ``Searcher`` subclass available as ``create(name, ...)``."""
+
+    def decorator(cls: S) -> S:
+        if name in _SEARCHERS and _SEARCHERS[name] is not cls:
+            warnings.warn(f"searcher {name!r} registered twice; the later one wins", stacklevel=2)
+        cls.name = name
+        _SEARCHERS[name] = cls
+        return cls
+
+    return decorator
+
+
+def names() -> list[str]:
+    return sorted(_SEARCHERS)
+
+
+def create(name: str, space: SearchSpace, n_objectives: int, n_constraints: int = 0, seed: int = 0,
+           **options: Any) -> "Searcher":
+    if name not in _SEARCHERS:
+        raise UnknownNameError(f"unknown searcher {name!r}; known searchers: {', '.join(names())}")
+    try:
+        return _SEARCHERS[name](space, n_objectives, n_constraints, seed, **options)
+    except TypeError as exc:
+        raise ConfigError(f"bad options for searcher {name!r}: {exc}") from None
+
+
+class Searcher(abc.ABC):
+    """Ask/tell multi-objective search over a space's encodings."""
+
+    name: ClassVar[str] = "?"
+
+    def __init__(self, space: SearchSpace, n_objectives: int, n_constraints: int = 0, seed: int = 0):
+        if n_objectives < 1:
+            raise ConfigError("a search needs at least one objective")
+        self.space, self.n_objectives, self.n_constraints, self.seed = space, n_objectives, n_constraints, seed
+        self._seen: set[bytes] = set()
+
+    # ------------------------------------------------------------------ the interface
+    @abc.abstractmethod
+    def ask(self, n: int) -> np.ndarray:
+        """Up to ``n`` new canonical encodings, shape ``(k, genes)``, ``k <= n``."""
+
+    @abc.abstractmethod
+    def tell(self, vectors: np.ndarray, objectives: np.ndarray, constraints: np.ndarray | None = None) -> None:
+        """Results for previously asked encodings: ``objectives (k, m)``, ``constraints (k, c)``."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (values may be bytes)."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state produced by ``state_dict`` of a searcher built with the same arguments."""
+
+    # ------------------------------------------------------------------ shared helpers
+    def is_new(self, vector: np.ndarray) -> bool:
+        return self.space.canonical(vector).tobytes() not in self._seen
+
+    def mark_seen(self, vectors: np.ndarray) -> None:
+        for v in self.space.canonical(np.atleast_2d(vectors)):
+            self._seen.add(v.tobytes())
+
+    def take_new(self, candidates: np.ndarray, n: int) -> np.ndarray:
+        """The first ``n`` candidates (canonicalised) not seen before, marked as seen."""
+        out = []
+        for v in self.space.canonical(np.atleast_2d(candidates)):
+            key = v.tobytes()
+            if key not in self._seen:
+                self._seen.add(key)
+                out.append(v)
+                if len(out) == n:
+                    break
+        return np.array(out, dtype=np.int64).reshape(len(out), self.space.n_genes)
+
+    def check_results(self, vectors: np.ndarray, objectives: np.ndarray,
+                      constraints: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Validated ``(vectors, objectives (k, m), constraints (k, c))`` arrays."""
+        vectors = self.space.check_vectors(vectors)
+        objectives = np.asarray(objectives, dtype=float).reshape(len(vectors), self.n_objectives)
+        if constraints is None:
+            constraints = np.zeros((len(vectors), self.n_constraints))
+        constraints = np.asarray(constraints, dtype=float).reshape(len(vectors), self.n_constraints)
+        return vectors, objectives, constraints
+
+    def seen_state(self) -> list[bytes]:
+        return sorted(self._seen)
+
+    def load_seen_state(self, seen: list[bytes]) -> None:
+        self._seen = set(seen)
