@@ -75,6 +75,8 @@ class SearchSpace(abc.ABC):
     name: ClassVar[str] = "?"
     metric: ClassVar[Metric] = Metric()
     costs: ClassVar[tuple[str, ...]] = ("macs", "params")
+    #: Whether ``metric_table`` looks the task metric up in a table of trained networks (tabular spaces).
+    has_metric_table: ClassVar[bool] = False
     #: Options for a small instance that builds in well under a second: tests, demos, docs.
     small_options: ClassVar[dict[str, Any]] = {}
 
@@ -170,6 +172,11 @@ class SearchSpace(abc.ABC):
     def extra_features(self, vectors: np.ndarray) -> np.ndarray:
         """Space-specific aggregate features (e.g. depth per stage), ``(n, k)``; none by default."""
         return np.zeros((len(vectors), 0), dtype=np.float32)
+
+    def metric_table(self, vectors: np.ndarray) -> np.ndarray:
+        """The task metric of each encoding from the space's table of trained networks (nan if absent)."""
+        raise ConfigError(f"space {self.name!r} has no table of trained networks; its {self.metric.name} "
+                          "must be measured on a trained supernet")
 
     # ------------------------------------------------------------------ costs
     def additive_cost(self, layer_value: Callable[[dict], float]) -> Callable[[np.ndarray], np.ndarray]:
