@@ -86,7 +86,7 @@ class Predictor(abc.ABC):
         if not np.all(np.isfinite(values)):
             raise PredictorError("training values must be finite (drop failed measurements first)")
         self._fit(vectors, values)
-        self.n_train, self.fitted = len(vectors), True
+        self.n_train, self.fitted, self.report = len(vectors), True, None   # a report belongs to one fit
         return self
 
     def predict(self, vectors: np.ndarray) -> np.ndarray:

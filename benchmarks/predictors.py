@@ -1,0 +1,123 @@
+"""Latency predictors side by side: throughput, lookup table vs measurement, learned predictors, NB201.
+
+Targets (issue: devices and predictors):
+  * >= 10,000,000 OFA-MBv3 lookup-table predictions per second in one process, and the ratio against
+    scoring the same candidates one by one in a Python loop;
+  * a lookup table built on this CPU vs the measured latency of 100 random extracted subnets:
+    Kendall tau >= 0.9 and MAPE <= 10 %;
+  * a learned predictor trained on 200 measured subnets of the same device: MAPE <= 5 %;
+  * NB201 device tables: a learned predictor trained on 100 random architectures, tested on all the
+    rest, for every device: Kendall tau and MAPE.
+Measurements: torch eager, batch 1, one thread, median of ``--runs`` after warm-up.
+Run: ``python benchmarks/predictors.py`` (about 5 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+import predictors
+import search_spaces
+from evaluators.devices import get_device
+from evaluators.measure import measure_subnets, unique_random_vectors
+from predictors.lut import LookupTablePredictor
+from predictors.metrics import quality_report
+
+
+def throughput(batch: int, loop: int) -> None:
+    device = get_device("note10")
+    space = search_spaces.get(device.space, **device.space_options)
+    lut = LookupTablePredictor.from_ofa_tables(space, device.lut, device="note10")
+    vectors = space.random_vectors(batch, np.random.default_rng(0))
+    lut.predict(vectors[:10])                                          # compile the kernel once
+    best = min(_timed(lambda: lut.predict(vectors)) for _ in range(5))
+    one_by_one = _timed(lambda: [lut.predict(vectors[i:i + 1]) for i in range(loop)]) / loop
+    print("\n== throughput: OFA-MBv3 w1.2 Note10 lookup table, one process ==")
+    print(f"batched ({batch:,} per call): {batch / best:,.0f} predictions/s (goal >= 10,000,000)")
+    print(f"one by one in a Python loop:  {1 / one_by_one:,.0f} predictions/s")
+    print(f"ratio batched / loop: {batch / best * one_by_one:,.0f}x")
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measured_cpu(width: float, resolutions: list[int], n_train: int, n_test: int, n_calib: int,
+                 runs: int) -> None:
+    space = search_spaces.get("ofa_mbv3", n_classes=10, width_mult=width, resolutions=resolutions)
+    cpu = get_device("cpu")
+    print(f"\n== this CPU (torch eager, 1 thread, batch 1): ofa_mbv3 width {width}, resolutions {resolutions} ==")
+    spread = _stability(space, cpu, runs)
+    print(f"measurement stability: median run-to-run spread of the same subnet {spread:.1%} "
+          "(|a - b| / mean over 3 repeats of 8 subnets)")
+    vectors = unique_random_vectors(space, n_train + n_test + n_calib, seed=1)
+    start = time.perf_counter()
+    latency = measure_subnets(space, cpu, vectors, warmup=5, runs=runs)
+    print(f"measured {len(vectors)} extracted subnets in {time.perf_counter() - start:.0f} s "
+          f"(latency {latency.min():.2f}..{latency.max():.2f} ms)")
+    test, train, calib = np.split(np.arange(len(vectors)), [n_test, n_test + n_train])
+
+    start = time.perf_counter()
+    lut = LookupTablePredictor(space, "latency_ms", "cpu").measure_entries(cpu, warmup=5, runs=runs)
+    lut.fit(vectors[calib], latency[calib])
+    seconds = time.perf_counter() - start
+    rows = [("lut", f"{len(lut.entries)} layers + overhead on {n_calib} nets", seconds,
+             quality_report(latency[test], lut.predict(vectors[test])))]
+    for kind in ("ridge", "gbdt", "rf", "mlp", "ensemble"):
+        model = predictors.create(kind, space, "latency_ms", "cpu")
+        start = time.perf_counter()
+        model.fit(vectors[train], latency[train])
+        rows.append((kind, f"{n_train} measured nets", time.perf_counter() - start,
+                     quality_report(latency[test], model.predict(vectors[test]))))
+    print(f"tested on {n_test} other measured subnets (goals: lut tau >= 0.9 and MAPE <= 10 %; learned MAPE <= 5 %)")
+    print(f"{'predictor':<10} {'fitted on':<34} {'fit s':>6} {'MAPE %':>7} {'tau':>6} {'rho':>6} {'<=10% err':>9}")
+    for kind, fitted_on, seconds, r in rows:
+        print(f"{kind:<10} {fitted_on:<34} {seconds:>6.1f} {r['mape']:>7.2f} {r['kendall_tau']:>6.3f} "
+              f"{r['spearman_rho']:>6.3f} {r['within_10pct']:>8.0f}%")
+
+
+def _stability(space, device, runs: int) -> float:
+    configs = space.sample(8, seed=9)
+    models = [space.extract(c) for c in configs]
+    repeats = np.array([[device.measure(m, space.example_input(c), warmup=5, runs=runs).median_ms
+                         for m, c in zip(models, configs)] for _ in range(3)])
+    return float(np.median((repeats.max(axis=0) - repeats.min(axis=0)) / repeats.mean(axis=0)))
+
+
+def nb201_devices(n_train: int, kind: str) -> None:
+    space = search_spaces.get("nb201")
+    every = space.table_vectors(np.arange(15625))
+    print(f"\n== NB201 device tables: {kind} trained on {n_train} random architectures, tested on the rest ==")
+    print(f"{'device':<16} {'tested':>6} {'MAPE %':>7} {'tau':>6}")
+    rng = np.random.default_rng(0)
+    for device, column in space.table_devices().items():
+        values = space.table_value(every, column)
+        known = np.flatnonzero(np.isfinite(values))
+        order = rng.permutation(known)
+        train, test = order[:n_train], order[n_train:]
+        model = predictors.create(kind, space, "latency_ms", device).fit(every[train], values[train])
+        r = quality_report(values[test], model.predict(every[test]))
+        print(f"{device:<16} {len(test):>6} {r['mape']:>7.2f} {r['kendall_tau']:>6.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=float, default=0.5)
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[128, 144, 160])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--nb201-kind", default="gbdt")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    throughput(batch=1_000_000, loop=2_000)
+    nb201_devices(100, args.nb201_kind)
+    measured_cpu(args.width, args.resolutions, n_train=200, n_test=100, n_calib=20, runs=args.runs)
+
+
+if __name__ == "__main__":
+    main()

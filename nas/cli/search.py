@@ -1,0 +1,129 @@
+"""``nas search``, ``nas resume``, ``nas report``: the product's core job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from nas.cli import app
+from nas.cli._common import DEVICES_HELP, OPTION_HELP, console, parse_options
+from nas.errors import ConfigError
+
+
+def _latency_predictors(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        device, sep, path = pair.partition("=")
+        if not sep or not device or not path:
+            raise ConfigError(f"--latency-predictor {pair!r} is not DEVICE=FILE")
+        out[device] = str(Path(path).resolve())
+    return out
+
+
+class _Bar:
+    """A progress bar: evaluations done, best feasible value and hypervolume."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.description}"), console=console)
+        self.progress.start()
+        self.task = self.progress.add_task("", total=None)
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def __call__(self, done: int, budget: int, status: str) -> None:
+        self.progress.update(self.task, completed=done, total=budget, description=status)
+
+
+@app.command()
+def search(space: str = typer.Option(..., help="Search space (nas spaces list)."),
+           objectives: str = typer.Option(..., help="Comma-separated, e.g. accuracy,latency@cpu,macs."),
+           evaluations: int = typer.Option(..., help="Budget of real evaluations."),
+           run: Path = typer.Option(..., "--run", help="New run folder (e.g. runs/my-search)."),
+           searcher: str = typer.Option("nsga2", help="random, nsga2, agemoea, nsga3, tpe, gp, linas."),
+           constraint: list[str] = typer.Option(None, help='e.g. "latency@cpu<=12ms" (repeatable).'),
+           seed: int = typer.Option(0), batch: int = typer.Option(10, help="Candidates per ask."),
+           option: list[str] = typer.Option(None, "-o", "--option", help=OPTION_HELP),
+           searcher_option: list[str] = typer.Option(None, "--searcher-option", help="KEY=VALUE for the searcher."),
+           latency_predictor: list[str] = typer.Option(None, help="DEVICE=FILE: use a predictor for latency@DEVICE."),
+           devices: Path = typer.Option(None, "--devices", help=DEVICES_HELP)) -> None:
+    """Search SPACE for the Pareto front of OBJECTIVES within the constraints."""
+    from nas.objectives import parse_objective_names
+    from nas.search import SearchConfig, start_search
+
+    config = SearchConfig(space=space, objectives=parse_objective_names(objectives), evaluations=evaluations,
+                          searcher=searcher, space_options=parse_options(option), constraints=list(constraint or []),
+                          searcher_options=parse_options(searcher_option), seed=seed, batch=batch,
+                          devices_file=str(devices.resolve()) if devices else None,
+                          latency_predictors=_latency_predictors(latency_predictor))
+    with _Bar() as bar:
+        store, archive = start_search(run, config, bar)
+    _print_summary(store.path, archive)
+
+
+@app.command()
+def resume(run: Path, evaluations: int = typer.Option(None, help="New, larger budget."),
+           space: str = typer.Option(None, help="Refuse to resume unless the run searches this space."),
+           searcher: str = typer.Option(None, help="Refuse to resume unless the run uses this searcher."),
+           objectives: str = typer.Option(None, help="Refuse to resume unless the run has these objectives.")) -> None:
+    """Continue the search in RUN where it stopped (to its budget or a larger --evaluations)."""
+    from nas.objectives import parse_objective_names
+    from nas.search import resume_search
+
+    expect = {"space": space, "searcher": searcher,
+              "objectives": parse_objective_names(objectives) if objectives else None}
+    with _Bar() as bar:
+        store, archive = resume_search(run, evaluations, bar, expect)
+    _print_summary(store.path, archive)
+
+
+@app.command()
+def report(run: Path, as_json: bool = typer.Option(False, "--json", help="One JSON object (shape in the README)."),
+           plot: Path = typer.Option(None, help="Write the Pareto plot to this PNG.")) -> None:
+    """Every evaluation and the Pareto front of the run in RUN."""
+    from nas.report import load_report, write_plot
+
+    data = load_report(run)
+    if plot is not None:
+        write_plot(data, plot)
+    if as_json:
+        print(json.dumps(data))
+        return
+    _print_summary(run, data["archive"], data)
+    if plot is not None:
+        console.print(f"plot: {plot}")
+
+
+def _print_summary(run: Path, archive: dict, data: dict | None = None) -> None:
+    from nas.report import load_report, write_plot
+
+    data = data or load_report(run)
+    by_n = {e["n"]: e for e in data["evaluations"]}
+    names = archive["objectives"]
+    table = Table("#", *names, "config", title=f"Pareto front ({len(archive['front'])} subnets, "
+                                                 f"{archive['evaluations']} evaluations, {archive['failed']} failed)")
+    for n in archive["front"]:
+        e = by_n[n]
+        table.add_row(str(n), *[f"{e['values'][k]:.4g}" if e["values"].get(k) is not None else "-" for k in names],
+                      _short(e["config"]))
+    console.print(table)
+    if archive.get("best") is not None:
+        best = by_n[archive["best"]]
+        console.print(f"best feasible: #{best['n']} {names[0]}={best['values'][names[0]]:.4g} config={best['config']}")
+    elif archive.get("closest"):
+        console.print(f"no evaluated subnet meets the constraints; closest values seen: {archive['closest']}")
+    plot = Path(run) / "pareto.png"
+    write_plot(data, plot)
+    console.print(f"run: {run}  plot: {plot}")
+
+
+def _short(config: dict) -> str:
+    text = json.dumps(config, separators=(",", ":"))
+    return text if len(text) <= 60 else text[:57] + "..."
