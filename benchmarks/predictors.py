@@ -8,24 +8,31 @@ Targets (issue: devices and predictors):
   * a learned predictor trained on 200 measured subnets of the same device: MAPE <= 5 %;
   * NB201 device tables: a learned predictor trained on 100 random architectures, tested on all the
     rest, for every device: Kendall tau and MAPE.
-Measurements: torch eager, batch 1, one thread, median of ``--runs`` after warm-up.
+Measurements: torch eager, batch 1, one thread; each latency is the smallest of 3 interleaved round
+medians of ``--runs`` runs after warm-up (``evaluators.measure``), pinned to one core when possible.
 Run: ``python benchmarks/predictors.py`` (about 5 minutes on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
+from pathlib import Path
 
-import numpy as np
-import torch
+# Run as a script, this file's folder leads sys.path and its name would shadow the `predictors` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import predictors
-import search_spaces
-from evaluators.devices import get_device
-from evaluators.measure import measure_subnets, unique_random_vectors
-from predictors.lut import LookupTablePredictor
-from predictors.metrics import quality_report
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import predictors  # noqa: E402
+import search_spaces  # noqa: E402
+from evaluators.devices import get_device  # noqa: E402
+from evaluators.measure import measure_subnets, unique_random_vectors  # noqa: E402
+from predictors.lut import LookupTablePredictor  # noqa: E402
+from predictors.metrics import quality_report  # noqa: E402
 
 
 def throughput(batch: int, loop: int) -> None:
@@ -53,18 +60,18 @@ def measured_cpu(width: float, resolutions: list[int], n_train: int, n_test: int
     space = search_spaces.get("ofa_mbv3", n_classes=10, width_mult=width, resolutions=resolutions)
     cpu = get_device("cpu")
     print(f"\n== this CPU (torch eager, 1 thread, batch 1): ofa_mbv3 width {width}, resolutions {resolutions} ==")
-    spread = _stability(space, cpu, runs)
-    print(f"measurement stability: median run-to-run spread of the same subnet {spread:.1%} "
-          "(|a - b| / mean over 3 repeats of 8 subnets)")
+    single, robust = _stability(space, cpu, runs)
+    print(f"measurement stability, median over 8 subnets of (max - min) / mean of 3 repeats: one median of "
+          f"{runs} runs {single:.1%}; smallest of 3 interleaved round medians {robust:.1%}")
     vectors = unique_random_vectors(space, n_train + n_test + n_calib, seed=1)
     start = time.perf_counter()
-    latency = measure_subnets(space, cpu, vectors, warmup=5, runs=runs)
+    latency = measure_subnets(space, cpu, vectors, warmup=5, runs=runs, rounds=3)
     print(f"measured {len(vectors)} extracted subnets in {time.perf_counter() - start:.0f} s "
           f"(latency {latency.min():.2f}..{latency.max():.2f} ms)")
     test, train, calib = np.split(np.arange(len(vectors)), [n_test, n_test + n_train])
 
     start = time.perf_counter()
-    lut = LookupTablePredictor(space, "latency_ms", "cpu").measure_entries(cpu, warmup=5, runs=runs)
+    lut = LookupTablePredictor(space, "latency_ms", "cpu").measure_entries(cpu, warmup=5, runs=runs, rounds=3)
     lut.fit(vectors[calib], latency[calib])
     seconds = time.perf_counter() - start
     rows = [("lut", f"{len(lut.entries)} layers + overhead on {n_calib} nets", seconds,
@@ -82,12 +89,14 @@ def measured_cpu(width: float, resolutions: list[int], n_train: int, n_test: int
               f"{r['spearman_rho']:>6.3f} {r['within_10pct']:>8.0f}%")
 
 
-def _stability(space, device, runs: int) -> float:
-    configs = space.sample(8, seed=9)
-    models = [space.extract(c) for c in configs]
-    repeats = np.array([[device.measure(m, space.example_input(c), warmup=5, runs=runs).median_ms
-                         for m, c in zip(models, configs)] for _ in range(3)])
-    return float(np.median((repeats.max(axis=0) - repeats.min(axis=0)) / repeats.mean(axis=0)))
+def _stability(space, device, runs: int) -> tuple[float, float]:
+    """Run-to-run spread (max - min) / mean of the same subnets over 3 repeats: of single medians, and
+    of the robust estimate (smallest of 3 interleaved round medians) that predictors are built from."""
+    vectors = space.encode(space.sample(8, seed=9))
+    single = np.stack([measure_subnets(space, device, vectors, runs=runs, rounds=1) for _ in range(3)])
+    robust = np.stack([measure_subnets(space, device, vectors, runs=runs, rounds=3) for _ in range(3)])
+    spread = lambda a: float(np.median((a.max(axis=0) - a.min(axis=0)) / a.mean(axis=0)))  # noqa: E731
+    return spread(single), spread(robust)
 
 
 def nb201_devices(n_train: int, kind: str) -> None:
@@ -110,10 +119,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=float, default=0.5)
     parser.add_argument("--resolutions", type=int, nargs="+", default=[128, 144, 160])
-    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=10, help="Timed runs per round (3 rounds).")
     parser.add_argument("--nb201-kind", default="gbdt")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})   # one core: less migration noise
     throughput(batch=1_000_000, loop=2_000)
     nb201_devices(100, args.nb201_kind)
     measured_cpu(args.width, args.resolutions, n_train=200, n_test=100, n_calib=20, runs=args.runs)

@@ -155,7 +155,7 @@ def _latency_objective(name: str, device_name: str, context: Context) -> Objecti
 def _measure(space: SearchSpace, device, vectors: np.ndarray) -> np.ndarray:
     from evaluators.measure import measure_subnets
 
-    return measure_subnets(space, device, vectors, warmup=5, runs=20)
+    return measure_subnets(space, device, vectors)
 
 
 def _minimum(space: SearchSpace, evaluate: Evaluate, samples: int = 100_000) -> tuple[float, bool]:

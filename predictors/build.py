@@ -28,7 +28,7 @@ def space_for_device(device: Device, space_name: str | None, options: dict) -> S
 
 
 def build_latency_predictor(space: SearchSpace, device: Device, kind: str, samples: int, seed: int = 0,
-                            warmup: int = 10, runs: int = 30, progress: Progress | None = None) -> Predictor:
+                            warmup: int = 5, runs: int = 10, progress: Progress | None = None) -> Predictor:
     """A fitted latency predictor with its held-out quality report (where held-out data exists)."""
     if device.kind == "lut":
         if kind != "lut":
@@ -46,7 +46,7 @@ def build_latency_predictor(space: SearchSpace, device: Device, kind: str, sampl
     if kind == "lut":
         predictor = LookupTablePredictor(space, TARGET, device.name)
         advance = progress("measuring layers", None) if progress else None
-        predictor.measure_entries(device, warmup=warmup, runs=runs, on_layer=lambda _: advance and advance())
+        predictor.measure_entries(device, warmup=warmup, runs=runs, on_layer=(lambda _: advance()) if advance else None)
         predictor.fit_with_report(vectors, values, holdout=0.5, seed=seed)   # the overhead needs few networks
         return predictor
     predictor = create(kind, space, TARGET, device.name)

@@ -81,22 +81,27 @@ class LookupTablePredictor(Predictor):
             raise PredictorError(f"the lookup table has no entry for layer {key!r} (first missing key); it was "
                                  f"built for another space, width or resolution list") from None
 
-    def measure_entries(self, device, warmup: int = 5, runs: int = 20,
+    def measure_entries(self, device, warmup: int = 5, runs: int = 10, rounds: int = 3,
                         on_layer: Callable[[str], None] | None = None) -> "LookupTablePredictor":
-        """Measure every distinct layer of the space once on ``device`` (``evaluators.devices.Device``)."""
-        entries: dict[str, tuple[float, float, int]] = {}
+        """Measure every distinct layer of the space on ``device`` (``evaluators.devices.Device``), in
+        interleaved rounds (``evaluators.measure``): each entry is the smallest per-round median."""
+        from evaluators.measure import measure_models, robust_latency
 
-        def measure(layer: dict[str, Any]) -> float:
-            key = self.key(layer)
-            if key not in entries:
-                module = self.space.build_layer(layer)
-                stats = device.measure(module, self.space.layer_input(layer), warmup=warmup, runs=runs)
-                entries[key] = (stats.median_ms, stats.std_ms, stats.runs)
-                if on_layer is not None:
-                    on_layer(key)
-            return entries[key][0]
+        layers: dict[str, dict[str, Any]] = {}
 
-        self.space.additive_cost(measure)      # visits every layer the space can contain
+        def collect(layer: dict[str, Any]) -> float:
+            layers.setdefault(self.key(layer), layer)
+            return 0.0
+
+        self.space.additive_cost(collect)                 # visits every layer the space can contain
+        keys = list(layers)
+        models = [(self.space.build_layer(layers[k]), self.space.layer_input(layers[k])) for k in keys]
+        medians = measure_models(models, device, warmup=warmup, runs=runs, rounds=rounds)
+        latency = robust_latency(medians)
+        entries = {k: (float(latency[i]), float(medians[i].std()), rounds * runs) for i, k in enumerate(keys)}
+        if on_layer is not None:
+            for k in keys:
+                on_layer(k)
         self.fitted = True
         return self.set_entries(entries)
 

@@ -40,22 +40,25 @@ def block_table_sum(v: np.ndarray, n_blocks: int, blocks_per_stage: int, fixed: 
     sb = n_k * sk
     sr = n_b * sb
     d_col = 2 * n_blocks
-    r_col = d_col + n_blocks // blocks_per_stage
+    n_stages = n_blocks // blocks_per_stage
+    r_col = d_col + n_stages
     for i in range(n):
-        for s in range(d_col, r_col):
-            if v[i, s] < 0 or v[i, s] >= n_d:
-                return i * g + s
         r = v[i, r_col]
         if r < 0 or r >= n_r:
             return i * g + r_col
         acc = fixed[r]
         base = r * sr
-        for b in range(n_blocks):
-            k, e = v[i, b], v[i, n_blocks + b]
-            if k < 0 or k >= n_k:
-                return i * g + b
-            if e < 0 or e >= n_e:
-                return i * g + n_blocks + b
-            acc += flat[base + b * sb + k * sk + e * se + v[i, d_col + b // blocks_per_stage]]
+        for s in range(n_stages):                 # nested loops: no division per block
+            d = v[i, d_col + s]
+            if d < 0 or d >= n_d:
+                return i * g + d_col + s
+            for j in range(blocks_per_stage):
+                b = s * blocks_per_stage + j
+                k, e = v[i, b], v[i, n_blocks + b]
+                if k < 0 or k >= n_k:
+                    return i * g + b
+                if e < 0 or e >= n_e:
+                    return i * g + n_blocks + b
+                acc += flat[base + b * sb + k * sk + e * se + d]
         out[i] = acc
     return -1

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from nas.errors import ConfigError
 
-console = Console()
+console = Console(soft_wrap=True)   # long lines stay whole: users grep and copy them
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:

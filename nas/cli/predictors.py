@@ -22,7 +22,8 @@ def build(device: str = typer.Option(..., help="Device name (nas devices list)."
           option: list[str] = typer.Option(None, "-o", "--option", help=OPTION_HELP),
           kind: str = typer.Option("lut", help="lut, ridge, gbdt, rf, mlp or ensemble."),
           samples: int = typer.Option(100, help="Subnets measured (or looked up) to fit and report on."),
-          seed: int = typer.Option(0), warmup: int = typer.Option(10), runs: int = typer.Option(30),
+          seed: int = typer.Option(0), warmup: int = typer.Option(5),
+          runs: int = typer.Option(10, help="Timed runs per round (3 interleaved rounds; the smallest round median counts)."),
           devices: Path = typer.Option(None, "--devices", help=DEVICES_HELP),
           force: bool = typer.Option(False, help="Overwrite --out if it exists.")) -> None:
     """Measure what is needed on DEVICE, fit a latency predictor, print and store its quality report."""

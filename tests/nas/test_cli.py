@@ -86,3 +86,54 @@ def test_import_refuses_to_overwrite_and_reports_mismatches(tmp_path, capsys):
     (tmp_path / "junk.pth").write_text("junk")
     code, _, err = run(["supernet", "import", "ofa", str(tmp_path / "junk.pth"), "--out", str(target)], capsys)
     assert code == 2 and "cannot read checkpoint" in err and not target.exists()
+
+
+def test_devices_list_and_show(capsys, tmp_path):
+    code, out, _ = run(["devices", "list"], capsys)
+    assert code == 0 and all(name in out for name in ("cpu-ort", "note10", "pixel3", "raspi4"))
+    code, out, _ = run(["devices", "list", "--devices", "devices.yaml"], capsys)
+    assert code == 0 and "cpu-2t" in out
+    code, out, _ = run(["devices", "show", "note10"], capsys)
+    assert code == 0 and '"lut_format": "ofa"' in out
+    code, _, err = run(["devices", "show", "nope"], capsys)
+    assert code == 2 and "unknown device 'nope'; known devices:" in err and "cpu" in err
+    bad = tmp_path / "bad.yaml"
+    for text, message in (("devices: [", "not valid YAML"), ("devices: []", "non-empty list"),
+                          ("devices:\n  - name: x\n    kind: magic\n", "kind must be one of"),
+                          ("devices:\n  - name: x\n    kind: measured\n", "needs backend"),
+                          ("devices:\n  - name: x\n    kind: measured\n    backend: torch\n    colour: red\n",
+                           "unknown keys ['colour']")):
+        bad.write_text(text)
+        code, _, err = run(["devices", "list", "--devices", str(bad)], capsys)
+        assert code == 2 and message in err, (text, err)
+
+
+def test_predictors_build_and_report(tmp_path, capsys):
+    out = tmp_path / "raspi4.npz"
+    code, stdout, _ = run(["predictors", "build", "--device", "raspi4", "--kind", "ridge", "--samples", "60",
+                           "--out", str(out)], capsys)
+    assert code == 0 and "held-out quality: MAPE" in stdout
+    code, stdout, _ = run(["predictors", "report", str(out)], capsys)
+    assert code == 0 and "ridge predictor of latency_ms on device raspi4" in stdout and "Kendall tau" in stdout
+    before = out.read_bytes()
+    code, _, err = run(["predictors", "build", "--device", "raspi4", "--kind", "ridge", "--out", str(out)], capsys)
+    assert code == 2 and "exists" in err and out.read_bytes() == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "raspi4", "--kind", "lut"], "has no per-layer latencies"),
+    (["--device", "note10", "--kind", "gbdt"], "use --kind lut"),
+    (["--device", "pixel3", "--kind", "gbdt", "--samples", "5"], "needs 11"),
+    (["--device", "pixel3", "--kind", "magic"], "unknown predictor kind 'magic'"),
+    (["--device", "pixel3", "--space", "ofa_mbv3"], "describes the 'nb201' space"),
+    (["--device", "cpu"], "pass --space"),
+])
+def test_predictors_build_bad_input(argv, message, tmp_path, capsys):
+    code, _, err = run(["predictors", "build", *argv, "--out", str(tmp_path / "p.npz")], capsys)
+    assert code == 2 and message in err and not (tmp_path / "p.npz").exists()
+
+
+def test_predictors_report_of_a_foreign_file(tmp_path, capsys):
+    (tmp_path / "x.npz").write_bytes(b"junk")
+    code, _, err = run(["predictors", "report", str(tmp_path / "x.npz")], capsys)
+    assert code == 2 and "is not a readable predictor file" in err
