@@ -14,15 +14,20 @@ Run: ``python benchmarks/nb201_searchers.py [--seeds 10] [--searchers random nsg
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
-import numpy as np
+# Run as a script, this folder leads sys.path, and benchmarks/predictors.py would shadow the package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import nas.searchers as searchers
-import search_spaces
-from nas.pareto import hypervolume
-from search_spaces.nb201 import pareto_fronts
+import numpy as np  # noqa: E402
+
+import nas.searchers as searchers  # noqa: E402
+import search_spaces  # noqa: E402
+from nas.pareto import hypervolume  # noqa: E402
+from search_spaces.nb201 import pareto_fronts  # noqa: E402
 
 DEVICES = ("pixel3", "raspi4", "fpga", "eyeriss")
 CHECKPOINTS = (20, 50, 100, 200, 300)

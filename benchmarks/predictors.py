@@ -103,7 +103,7 @@ def nb201_devices(n_train: int, kind: str) -> None:
     space = search_spaces.get("nb201")
     every = space.table_vectors(np.arange(15625))
     print(f"\n== NB201 device tables: {kind} trained on {n_train} random architectures, tested on the rest ==")
-    print(f"{'device':<16} {'tested':>6} {'MAPE %':>7} {'tau':>6}")
+    print(f"{'device':<16} {'tested':>6} {'MAPE %':>7} {'median APE %':>12} {'tau':>6}")
     rng = np.random.default_rng(0)
     for device, column in space.table_devices().items():
         values = space.table_value(every, column)
@@ -112,7 +112,7 @@ def nb201_devices(n_train: int, kind: str) -> None:
         train, test = order[:n_train], order[n_train:]
         model = predictors.create(kind, space, "latency_ms", device).fit(every[train], values[train])
         r = quality_report(values[test], model.predict(every[test]))
-        print(f"{device:<16} {len(test):>6} {r['mape']:>7.2f} {r['kendall_tau']:>6.3f}")
+        print(f"{device:<16} {len(test):>6} {r['mape']:>7.2f} {r['median_ape']:>12.2f} {r['kendall_tau']:>6.3f}")
 
 
 def main() -> None:

@@ -8,12 +8,17 @@ so drift on a shared machine hits them equally. Run: ``python benchmarks/superne
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-import numpy as np
-import torch
+# Run as a script, this folder leads sys.path, and benchmarks/predictors.py would shadow the package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import search_spaces
-from evaluators.latency import measure_latency
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import search_spaces  # noqa: E402
+from evaluators.latency import measure_latency  # noqa: E402
 
 
 def interleaved_medians(models: dict, x: torch.Tensor, rounds: int, runs: int) -> dict[str, float]:

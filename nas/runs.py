@@ -26,10 +26,10 @@ import fcntl
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from nas.atomic import atomic_write_bytes
 from nas.errors import NasError
 
 CONFIG, LOG, LOCK, CHECKPOINT, ARCHIVE = "config.json", "evaluations.jsonl", ".lock", "searcher/state.pkl", "archive.json"
@@ -37,21 +37,6 @@ CONFIG, LOG, LOCK, CHECKPOINT, ARCHIVE = "config.json", "evaluations.jsonl", ".l
 
 class RunError(NasError):
     """A run folder that cannot be created, opened, or continued."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so readers see the old content or the new, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def is_run(path: Path) -> bool:

@@ -9,6 +9,7 @@ completed evaluations are never repeated and an interrupted batch is re-issued w
 from __future__ import annotations
 
 import platform
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -78,7 +79,9 @@ class Search:
         self.store = store
         self.config = SearchConfig.from_dict(config)
         self.space = search_spaces.get(self.config.space, **self.config.space_options)
-        context = Context(self.space, self.config.devices_file, self.config.latency_predictors)
+        local = {d: str(store.path / f) if store is not None and not Path(f).is_absolute() else f
+                 for d, f in self.config.latency_predictors.items()}
+        context = Context(self.space, self.config.devices_file, local)
         self.objectives: list[Objective] = [resolve(n, context) for n in self.config.objectives]
         self.constraints: list[Constraint] = [parse_constraint(c) for c in self.config.constraints]
         extra = [c.name for c in self.constraints if c.name not in self.config.objectives]
@@ -282,7 +285,12 @@ def start_search(run: str | Path, config: SearchConfig, progress: Progress | Non
     """Create the run folder and search to the budget. Bad configurations fail before anything is written."""
     config.validate()
     Search(config.to_dict()).check_budgets()              # resolve everything first: errors write nothing
+    sources = dict(config.latency_predictors)
+    config.latency_predictors = {d: f"predictors/latency@{d}.npz" for d in sources}   # the run keeps its copies
     store = RunStore.create(run, config.to_dict())
+    for device, source in sources.items():
+        (store.path / "predictors").mkdir(exist_ok=True)
+        shutil.copyfile(source, store.path / config.latency_predictors[device])
     try:
         return store, Search(store.config, store).run(progress)
     finally:

@@ -6,7 +6,7 @@ predictors. Every predictor works on batches of canonical encodings with numpy.
 
 from predictors.base import Predictor, PredictorError, create, kinds, load, read_meta, register
 from predictors.metrics import format_report, quality_report
-from predictors import learned  # noqa: F401
+from predictors import learned, lut  # noqa: F401  (kinds register on import)
 
 __all__ = ["Predictor", "PredictorError", "create", "format_report", "kinds", "load", "quality_report",
            "read_meta", "register"]

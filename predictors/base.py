@@ -15,48 +15,30 @@ from __future__ import annotations
 import abc
 import json
 import os
-import tempfile
-import warnings
 from pathlib import Path
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 
-from nas.errors import NasError, UnknownNameError
+from nas.atomic import atomic_write, atomic_write_bytes
+from nas.errors import NasError
+from nas.registry import Registry
 from predictors.metrics import format_report, quality_report
 from search_spaces import SearchSpace, get as get_space
 
 FORMAT = "nas.predictor/1"
-_KINDS: dict[str, type["Predictor"]] = {}
-P = TypeVar("P", bound=type)
+KINDS: Registry[type["Predictor"]] = Registry("predictor kind", name_attribute="kind")
+register = KINDS.register
+kinds = KINDS.names
 
 
 class PredictorError(NasError):
     """A predictor that cannot be fitted, read, or used for the requested space/device."""
 
 
-def register(kind: str) -> Callable[[P], P]:
-    """Class decorator: make a ``Predictor`` subclass available as ``create(kind, ...)``."""
-
-    def decorator(cls: P) -> P:
-        if kind in _KINDS and _KINDS[kind] is not cls:
-            warnings.warn(f"predictor kind {kind!r} registered twice; the later one wins", stacklevel=2)
-        cls.kind = kind
-        _KINDS[kind] = cls
-        return cls
-
-    return decorator
-
-
-def kinds() -> list[str]:
-    return sorted(_KINDS)
-
-
 def create(kind: str, space: SearchSpace, target: str, device: str | None = None, **hyper) -> "Predictor":
     """A new, unfitted predictor of ``kind``."""
-    if kind not in _KINDS:
-        raise UnknownNameError(f"unknown predictor kind {kind!r}; known kinds: {', '.join(kinds())}")
-    return _KINDS[kind](space, target, device, **hyper)
+    return KINDS.get_class(kind)(space, target, device, **hyper)
 
 
 class Predictor(abc.ABC):
@@ -141,20 +123,19 @@ class Predictor(abc.ABC):
                 "n_train": self.n_train}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically to ``path`` (``.npz``)."""
+        """Write atomically to ``path`` (``.npz``), and the quality report beside it (``.report.json``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {**self.arrays(), "__meta__": np.array(json.dumps(self.meta()))}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda fh: np.savez(fh, **arrays))
+        if self.report is not None:
+            report = json.dumps({k: v for k, v in self.meta().items() if k != "format"}, indent=2).encode()
+            atomic_write_bytes(report_path(path), report)
+
+
+def report_path(path: str | os.PathLike) -> Path:
+    """Where the quality report of the predictor file ``path`` is stored."""
+    path = Path(path)
+    return path.with_name(path.stem + ".report.json")
 
 
 def read_meta(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

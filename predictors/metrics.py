@@ -7,7 +7,9 @@ from scipy import stats
 
 
 def quality_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """MAPE (%), RMSE, Kendall tau, Spearman rho, and the share within +-5 % / +-10 % (nn-Meter's)."""
+    """MAPE and median APE (%), RMSE, Kendall tau, Spearman rho, and the share within +-5 % / +-10 %
+    (nn-Meter's). The median APE is robust to near-zero targets (e.g. NB201 cells without convolutions),
+    which can dominate the MAPE."""
     y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
     rel = np.abs(y_pred - y_true) / np.maximum(np.abs(y_true), 1e-12)
     tau = stats.kendalltau(y_true, y_pred).statistic if len(y_true) > 1 else float("nan")
@@ -15,6 +17,7 @@ def quality_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     return {
         "n": int(len(y_true)),
         "mape": float(100 * rel.mean()),
+        "median_ape": float(100 * np.median(rel)),
         "rmse": float(np.sqrt(np.mean((y_pred - y_true) ** 2))),
         "kendall_tau": float(tau),
         "spearman_rho": float(rho),

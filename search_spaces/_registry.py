@@ -2,43 +2,18 @@
 
 from __future__ import annotations
 
-import warnings
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING
 
-from nas.errors import ConfigError, UnknownNameError
+from nas.errors import ConfigError
+from nas.registry import Registry
 
 if TYPE_CHECKING:
     from search_spaces.base import SearchSpace
 
-_SPACES: dict[str, type["SearchSpace"]] = {}
-S = TypeVar("S", bound=type)
-
-
-def register(name: str) -> Callable[[S], S]:
-    """Class decorator: make a ``SearchSpace`` subclass available as ``get(name, **options)``."""
-
-    def decorator(cls: S) -> S:
-        if name in _SPACES and _SPACES[name] is not cls:
-            warnings.warn(f"search space {name!r} was registered twice; the later one wins", stacklevel=2)
-        cls.name = name
-        _SPACES[name] = cls
-        return cls
-
-    return decorator
-
-
-def names() -> list[str]:
-    """Names of every registered search space, sorted."""
-    return sorted(_SPACES)
-
-
-def space_class(name: str) -> type["SearchSpace"]:
-    try:
-        return _SPACES[name]
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown search space {name!r}; known spaces: {', '.join(names())}"
-        ) from None
+SPACES: Registry[type["SearchSpace"]] = Registry("search space")
+register = SPACES.register
+names = SPACES.names
+space_class = SPACES.get_class
 
 
 def get(name: str, **options) -> "SearchSpace":

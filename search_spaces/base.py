@@ -201,13 +201,18 @@ class SearchSpace(abc.ABC):
             raise ConfigError(f"space {self.name!r} has no cost {name!r}; it has {', '.join(self.costs)}")
         return getattr(self, name)(self.check_vectors(vectors))
 
-    @abc.abstractmethod
     def macs(self, vectors: np.ndarray) -> np.ndarray:
-        """Multiply-accumulates of one forward pass at batch size 1, per row."""
+        """Multiply-accumulates of one forward pass at batch size 1, per row: the sum of the ``macs``
+        attributes of the graph's layers, through ``additive_cost`` (tables, where the space has them)."""
+        return self._layer_sums["macs"](vectors)
 
-    @abc.abstractmethod
     def params(self, vectors: np.ndarray) -> np.ndarray:
-        """Parameters of the extracted network, per row."""
+        """Parameters of the extracted network, per row: the sum of the layers' ``params`` attributes."""
+        return self._layer_sums["params"](vectors)
+
+    @cached_property
+    def _layer_sums(self) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+        return {name: self.additive_cost(lambda layer, name=name: layer[name]) for name in ("macs", "params")}
 
     # ------------------------------------------------------------------ networks
     @abc.abstractmethod

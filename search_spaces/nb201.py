@@ -414,16 +414,6 @@ class NB201Space(SearchSpace):
         return self.macs(vectors) + self.n_classes
 
     # ------------------------------------------------------------------ costs
-    def macs(self, vectors: np.ndarray) -> np.ndarray:
-        return self._analytic_scorers["macs"](vectors)
-
-    def params(self, vectors: np.ndarray) -> np.ndarray:
-        return self._analytic_scorers["params"](vectors)
-
-    @cached_property
-    def _analytic_scorers(self) -> dict:
-        return {name: self.additive_cost(lambda layer, name=name: layer[name]) for name in ("macs", "params")}
-
     def additive_cost(self, layer_value: Callable[[dict], float]) -> Callable[[np.ndarray], np.ndarray]:
         """Tables ``fixed`` (every layer but the cell edges) and ``per_edge[cell, edge, op]`` (0 for
         ``none``): a batch costs ``fixed + sum over cells and edges of per_edge[cell, edge, op_edge]``."""

@@ -124,16 +124,6 @@ class OFAMobileNetV3Space(SearchSpace):
         return np.hstack([depth, mean_k, mean_e, r]).astype(np.float32)
 
     # ------------------------------------------------------------------ costs
-    def macs(self, vectors: np.ndarray) -> np.ndarray:
-        return self._analytic_scorers["macs"](vectors)
-
-    def params(self, vectors: np.ndarray) -> np.ndarray:
-        return self._analytic_scorers["params"](vectors)
-
-    @cached_property
-    def _analytic_scorers(self) -> dict:
-        return {name: self.additive_cost(lambda layer, name=name: layer[name]) for name in ("macs", "params")}
-
     def additive_cost(self, layer_value: Callable[[dict], float]) -> Callable[[np.ndarray], np.ndarray]:
         """Tables ``fixed[r]`` (stem, first block, head) and ``per_block[b, k, e, r]``: a batch costs
         ``fixed[r] + sum_b active[b] * per_block[b, k_b, e_b, r]``, numpy indexing only."""

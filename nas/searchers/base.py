@@ -20,41 +20,24 @@ Contract (checked by ``tests/nas/searchers/test_conformance.py`` for every regis
 from __future__ import annotations
 
 import abc
-import warnings
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 
-from nas.errors import ConfigError, UnknownNameError
+from nas.errors import ConfigError
+from nas.registry import Registry
 from search_spaces import SearchSpace
 
-_SEARCHERS: dict[str, type["Searcher"]] = {}
-S = TypeVar("S", bound=type)
-
-
-def register(name: str) -> Callable[[S], S]:
-    """Class decorator: make a ``Searcher`` subclass available as ``create(name, ...)``."""
-
-    def decorator(cls: S) -> S:
-        if name in _SEARCHERS and _SEARCHERS[name] is not cls:
-            warnings.warn(f"searcher {name!r} registered twice; the later one wins", stacklevel=2)
-        cls.name = name
-        _SEARCHERS[name] = cls
-        return cls
-
-    return decorator
-
-
-def names() -> list[str]:
-    return sorted(_SEARCHERS)
+SEARCHERS: Registry[type["Searcher"]] = Registry("searcher")
+register = SEARCHERS.register
+names = SEARCHERS.names
 
 
 def create(name: str, space: SearchSpace, n_objectives: int, n_constraints: int = 0, seed: int = 0,
            **options: Any) -> "Searcher":
-    if name not in _SEARCHERS:
-        raise UnknownNameError(f"unknown searcher {name!r}; known searchers: {', '.join(names())}")
+    cls = SEARCHERS.get_class(name)
     try:
-        return _SEARCHERS[name](space, n_objectives, n_constraints, seed, **options)
+        return cls(space, n_objectives, n_constraints, seed, **options)
     except TypeError as exc:
         raise ConfigError(f"bad options for searcher {name!r}: {exc}") from None
 
@@ -116,6 +99,11 @@ class Searcher(abc.ABC):
             constraints = np.zeros((len(vectors), self.n_constraints))
         constraints = np.asarray(constraints, dtype=float).reshape(len(vectors), self.n_constraints)
         return vectors, objectives, constraints
+
+    @property
+    def seen_count(self) -> int:
+        """How many distinct networks were handed out or told."""
+        return len(self._seen)
 
     def seen_state(self) -> list[bytes]:
         return sorted(self._seen)

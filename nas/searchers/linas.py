@@ -29,6 +29,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 import predictors
 from nas.searchers.base import Searcher, register
+from nas.searchers.sampling import draw_unseen
 from search_spaces import SearchSpace
 
 
@@ -94,13 +95,13 @@ class LinasSearcher(Searcher):
             return np.zeros((0, self.space.n_genes), dtype=np.int64)
         usable = np.all(np.isfinite(self.F), axis=1)
         if usable.sum() < self.min_samples:
-            return self._random_unseen(n)
+            return draw_unseen(self, n, self.rng)
         self.round += 1
         candidates, scores = self._inner_search(usable)
         order = self._greedy_hvi(scores, usable, n) if self.n_objectives == 2 else self._rank(scores)
         chosen = self.take_new(candidates[order], n)
         if len(chosen) < n:
-            chosen = np.vstack([chosen, self._random_unseen(n - len(chosen))])
+            chosen = np.vstack([chosen, draw_unseen(self, n - len(chosen), self.rng)])
         return chosen
 
     def tell(self, vectors: np.ndarray, objectives: np.ndarray, constraints: np.ndarray | None = None) -> None:
@@ -203,14 +204,6 @@ class LinasSearcher(Searcher):
             crowding = calc_crowding_distance(scores[front]) if len(front) > 2 else np.full(len(front), np.inf)
             order.extend(np.asarray(front)[np.argsort(-crowding, kind="stable")])
         return np.asarray(order, dtype=np.int64)
-
-    def _random_unseen(self, n: int) -> np.ndarray:
-        out = np.zeros((0, self.space.n_genes), dtype=np.int64)
-        for _ in range(50):
-            out = np.vstack([out, self.take_new(self.space.random_vectors(4 * n, self.rng), n - len(out))])
-            if len(out) == n:
-                break
-        return out
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from optuna.trial import Trial, TrialState, create_trial
 
 from nas.errors import ConfigError
 from nas.searchers.base import Searcher, register
-from nas.searchers.random_search import ResultCache, draw_unseen, exhausted, failed_rows, row_keys
+from nas.searchers.sampling import ResultCache, draw_unseen, exhausted, failed_rows, row_keys
 from search_spaces import SearchSpace
 from search_spaces.base import Gene
 

@@ -57,7 +57,7 @@ from pymoo.util.ref_dirs import get_reference_directions
 
 from nas.errors import ConfigError
 from nas.searchers.base import Searcher, register
-from nas.searchers.random_search import ResultCache, draw_unseen, exhausted, failed_rows, row_keys
+from nas.searchers.sampling import ResultCache, draw_unseen, exhausted, failed_rows, row_keys
 from search_spaces import SearchSpace
 
 #: Objective and constraint value pymoo is given for a failed evaluation (finite, so every pymoo

@@ -1,5 +1,6 @@
 """The ``nas`` command line: listings, errors as one line with exit code 2, checkpoint import."""
 
+import json
 import subprocess
 import sys
 
@@ -113,6 +114,7 @@ def test_predictors_build_and_report(tmp_path, capsys):
     code, stdout, _ = run(["predictors", "build", "--device", "raspi4", "--kind", "ridge", "--samples", "60",
                            "--out", str(out)], capsys)
     assert code == 0 and "held-out quality: MAPE" in stdout
+    assert json.loads((tmp_path / "raspi4.report.json").read_text())["report"]["n"] == 12
     code, stdout, _ = run(["predictors", "report", str(out)], capsys)
     assert code == 0 and "ridge predictor of latency_ms on device raspi4" in stdout and "Kendall tau" in stdout
     before = out.read_bytes()

@@ -142,3 +142,22 @@ def test_resume_of_a_corrupt_log_is_refused_and_nothing_changes(tmp_path, capsys
         main(["resume", str(tmp_path / "run"), "--evaluations", "20"])
     assert exit_info.value.code == 2 and "corrupt at line 3" in capsys.readouterr().err
     assert log.read_bytes() == before
+
+
+def test_latency_predictor_files_are_copied_into_the_run(tmp_path):
+    import predictors
+
+    space = search_spaces.get("nb201")
+    vectors = space.table_vectors(np.arange(0, 15625, 97))
+    model = predictors.create("ridge", space, "latency_ms", "raspi4")
+    model.fit(vectors, space.table_value(vectors, "hw_cifar10_raspi4_latency_ms"))
+    source = tmp_path / "raspi4.npz"
+    model.save(source)
+    config = _config(objectives=["accuracy", "latency@raspi4"], constraints=[], evaluations=10,
+                     latency_predictors={"raspi4": str(source)})
+    start_search(tmp_path / "run", config)
+    source.unlink()                                    # the run no longer needs the user's file
+    resume_search(tmp_path / "run", 20)
+    results = _results(tmp_path / "run")
+    np.testing.assert_allclose([e["values"]["latency@raspi4"] for e in results],
+                               model.predict(np.array([e["vector"] for e in results])))
