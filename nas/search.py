@@ -118,7 +118,7 @@ class Search:
                 self.searcher.load_state_dict(checkpoint[1])
                 start = checkpoint[0]
             except Exception as exc:  # a checkpoint from another version: replaying is always possible
-                warnings.warn(f"searcher checkpoint not usable ({exc}); replaying the log instead")
+                warnings.warn(f"searcher checkpoint not usable ({exc}); replaying the log instead", stacklevel=2)
                 self.searcher = searchers.create(self.config.searcher, self.space, len(self.objectives),
                                                  len(self.constraints), self.config.seed,
                                                  **self.config.searcher_options)
@@ -135,8 +135,10 @@ class Search:
             recorded = np.asarray(event["vectors"], dtype=np.int64).reshape(-1, self.space.n_genes)
             if not np.array_equal(asked, recorded):
                 warnings.warn(f"searcher {self.config.searcher!r} did not repeat its proposals at log event "
-                              f"{index}; it continues from there, and later results stay in the archive")
-                batch = None
+                              f"{index}; it continues with its new proposals (earlier results stay in the "
+                              "archive and answer repeats)", stacklevel=2)
+                self.store.append({"type": "ask", "requested": event["requested"], "vectors": asked.tolist()})
+                batch = {"vectors": asked}
                 break
             batch = {"vectors": recorded}
         if batch is not None and not self._tell_if_complete(batch):

@@ -70,14 +70,13 @@ class LinasSearcher(Searcher):
     """Predictor-guided NSGA-II with warm starts and an exploration bonus."""
 
     def __init__(self, space: SearchSpace, n_objectives: int, n_constraints: int = 0, seed: int = 0,
-                 initial: int = 10, population: int = 50, generations: int = 60, predictor: str = "gbdt",
+                 initial: int = 20, population: int = 50, generations: int = 60, predictor: str = "gbdt",
                  predictor_options: dict[str, Any] | None = None, explore: float = 0.5,
                  exhaustive_limit: int = 50_000):
         super().__init__(space, n_objectives, n_constraints, seed)
         self.initial, self.population, self.generations = initial, population, generations
         self.predictor, self.explore = predictor, explore
-        self.predictor_options = dict(predictor_options if predictor_options is not None else
-                                      ({"n_estimators": 100, "learning_rate": 0.1} if predictor == "gbdt" else {}))
+        self.predictor_options = dict(predictor_options or {})
         self.exhaustive_limit = exhaustive_limit
         probe = predictors.create(predictor, space, "objective", None, seed=0, **self.predictor_options)
         self.min_samples = max(initial, probe.min_samples)      # also rejects a bad predictor choice early

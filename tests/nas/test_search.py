@@ -161,3 +161,36 @@ def test_latency_predictor_files_are_copied_into_the_run(tmp_path):
     results = _results(tmp_path / "run")
     np.testing.assert_allclose([e["values"]["latency@raspi4"] for e in results],
                                model.predict(np.array([e["vector"] for e in results])))
+
+
+def test_impossible_lookup_table_budget_on_ofa_is_refused_with_the_smallest_latency(tmp_path):
+    from evaluators.devices import get_device
+    from predictors.lut import LookupTablePredictor
+
+    device = get_device("note10")
+    space = search_spaces.get("ofa_mbv3", **device.space_options)
+    smallest_config = {"ks": [3] * 20, "e": [3] * 20, "d": [2] * 5, "r": 160}
+    lut = LookupTablePredictor.from_ofa_tables(space, device.lut)
+    floor = lut.predict(space.encode(smallest_config)[None, :])[0]
+    config = SearchConfig(space="ofa_mbv3", space_options=device.space_options, objectives=["macs", "latency@note10"],
+                          constraints=["latency@note10<=1ms"], evaluations=10)
+    with pytest.raises(ConfigError, match=r"smallest achievable latency@note10 is ([0-9.]+) ms \(about") as err:
+        start_search(tmp_path / "run", config)
+    stated = float(str(err.value).split(" is ")[1].split(" ms")[0])
+    assert stated <= floor * (1 + 1e-6) and not (tmp_path / "run").exists()
+
+
+def test_resume_without_checkpoint_survives_a_searcher_that_does_not_repeat_itself(tmp_path):
+    start_search(tmp_path / "run", _config(evaluations=16, constraints=[]))
+    (tmp_path / "run" / "searcher" / "state.pkl").unlink()         # force a replay of the whole log
+    log = tmp_path / "run" / LOG
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    last_ask = max(i for i, e in enumerate(events) if e["type"] == "ask")
+    events[last_ask]["vectors"] = events[last_ask]["vectors"][::-1]   # as if the searcher had changed its mind
+    log.write_text("".join(json.dumps(e) + "\n" for e in events))
+    with pytest.warns(UserWarning, match="did not repeat its proposals"):
+        resume_search(tmp_path / "run", 24)
+    results = _results(tmp_path / "run")
+    space = search_spaces.get("nb201")
+    assert len(results) == 24
+    assert len({space.canonical(np.array(e["vector"])).tobytes() for e in results}) == 24
