@@ -194,3 +194,17 @@ def test_resume_without_checkpoint_survives_a_searcher_that_does_not_repeat_itse
     space = search_spaces.get("nb201")
     assert len(results) == 24
     assert len({space.canonical(np.array(e["vector"])).tobytes() for e in results}) == 24
+
+
+def test_lookup_table_devices_accept_any_options_their_tables_cover():
+    from nas.search import Search
+
+    covered = _config(space="ofa_mbv3", space_options={"width_mult": 1.2, "resolutions": [160, 224]},
+                      objectives=["macs", "latency@note10"], constraints=[])
+    values = Search(covered.to_dict()).measures["latency@note10"].evaluate(
+        search_spaces.get("ofa_mbv3", width_mult=1.2, resolutions=[160, 224]).random_vectors(3, np.random.default_rng(0)))
+    assert np.all(values > 0)
+    other_width = _config(space="ofa_mbv3", space_options={"resolutions": [160]}, objectives=["macs", "latency@note10"],
+                          constraints=[])
+    with pytest.raises(Exception, match="no entry for layer '160:Conv-input:160x160x3-output:80x80x16'"):
+        Search(other_width.to_dict())
