@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,9 +34,6 @@ class LatencyStats:
     def spread(self) -> float:
         """Relative spread (p90 - p10) / median: the run-to-run instability."""
         return (self.p90_ms - self.p10_ms) / self.median_ms if self.median_ms else 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_samples(cls, samples_ms: np.ndarray, **info) -> "LatencyStats":

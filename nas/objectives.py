@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -50,8 +50,6 @@ class Objective:
     evaluate: Evaluate
     maximise: bool = False
     unit: str = ""
-    #: Whether evaluating costs real work (measurement, training data); otherwise vectorised and cheap.
-    costly: bool = False
     #: Smallest value any subnet reaches, if known (for budget checks): (value, exact?).
     lower_bound: Callable[[], tuple[float, bool]] | None = None
 
@@ -71,9 +69,6 @@ class Constraint:
     def violation(self, values: np.ndarray) -> np.ndarray:
         """pymoo/optuna convention: feasible iff ``<= 0``."""
         return values - self.bound if self.op == "<=" else self.bound - values
-
-    def satisfied(self, values: np.ndarray) -> np.ndarray:
-        return self.violation(values) <= 0
 
 
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z_][\w@:.\-]*)\s*(<=|>=)\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|%|K|M|G)?\s*$")
@@ -113,7 +108,7 @@ def resolve(name: str, context: Context) -> Objective:
             raise ConfigError(f"space {space.name!r} cannot evaluate {name!r} here: it needs a trained supernet "
                               f"and data (not available for this space yet)")
         return Objective(name, _METRIC_SOURCES[space.name](context), maximise=space.metric.direction == "max",
-                         unit=space.metric.unit, costly=True)
+                         unit=space.metric.unit)
     if name in space.costs:
         return Objective(name, lambda v, n=name: space.cost(n, v).astype(float), unit="",
                          lower_bound=lambda n=name: _minimum(space, lambda v: space.cost(n, v)))
@@ -147,7 +142,7 @@ def _latency_objective(name: str, device_name: str, context: Context) -> Objecti
         # names the first layer the tables lack otherwise.
         evaluate = LookupTablePredictor.from_ofa_tables(space, device.lut, device=device_name).predict
     else:
-        return Objective(name, lambda v: _measure(space, device, v), unit="ms", costly=True)
+        return Objective(name, lambda v: _measure(space, device, v), unit="ms")
     return Objective(name, evaluate, unit="ms", lower_bound=lambda: _minimum(space, evaluate))
 
 
@@ -186,7 +181,3 @@ def _single_gene_changes(space: SearchSpace, vector: np.ndarray) -> np.ndarray:
         block[:, gene] = np.arange(cardinality)
         rows.append(block)
     return np.vstack(rows)
-
-
-def describe_constraints(constraints: list[Constraint]) -> list[dict[str, Any]]:
-    return [{"name": c.name, "op": c.op, "bound": c.bound, "text": c.text} for c in constraints]

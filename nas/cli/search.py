@@ -24,21 +24,25 @@ def _latency_predictors(pairs: list[str] | None) -> dict[str, str]:
 
 
 class _Bar:
-    """A progress bar: evaluations done, best feasible value and hypervolume."""
+    """A progress bar (evaluations done, best feasible value, hypervolume), shown from the first batch
+    on, so that a configuration refused before the search starts prints only its error."""
 
     def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 TextColumn("{task.description}"), console=console)
-        self.progress.start()
-        self.task = self.progress.add_task("", total=None)
+        self.progress = None
         return self
 
     def __exit__(self, *exc):
-        self.progress.stop()
+        if self.progress is not None:
+            self.progress.stop()
 
     def __call__(self, done: int, budget: int, status: str) -> None:
+        if self.progress is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                     TextColumn("{task.description}"), console=console)
+            self.progress.start()
+            self.task = self.progress.add_task("", total=budget)
         self.progress.update(self.task, completed=done, total=budget, description=status)
 
 
