@@ -8,8 +8,8 @@ Targets (issue: devices and predictors):
   * a learned predictor trained on 200 measured subnets of the same device: MAPE <= 5 %;
   * NB201 device tables: a learned predictor trained on 100 random architectures, tested on all the
     rest, for every device: Kendall tau and MAPE.
-Measurements: torch eager, batch 1, one thread; each latency is the smallest of 3 interleaved round
-medians of ``--runs`` runs after warm-up (``evaluators.measure``), pinned to one core when possible.
+Measurements: torch eager, batch 1, one thread; each latency is the smallest of ``--rounds`` (3)
+interleaved round medians of ``--runs`` runs after warm-up (``evaluators.measure``), pinned to one core.
 Run: ``python benchmarks/predictors.py`` (about 5 minutes on 2 cores).
 """
 
@@ -56,22 +56,22 @@ def _timed(fn) -> float:
 
 
 def measured_cpu(width: float, resolutions: list[int], n_train: int, n_test: int, n_calib: int,
-                 runs: int) -> None:
+                 runs: int, rounds: int) -> None:
     space = search_spaces.get("ofa_mbv3", n_classes=10, width_mult=width, resolutions=resolutions)
     cpu = get_device("cpu")
     print(f"\n== this CPU (torch eager, 1 thread, batch 1): ofa_mbv3 width {width}, resolutions {resolutions} ==")
-    single, robust = _stability(space, cpu, runs)
+    single, robust = _stability(space, cpu, runs, rounds)
     print(f"measurement stability, median over 8 subnets of (max - min) / mean of 3 repeats: one median of "
-          f"{runs} runs {single:.1%}; smallest of 3 interleaved round medians {robust:.1%}")
+          f"{runs} runs {single:.1%}; smallest of {rounds} interleaved round medians {robust:.1%}")
     vectors = unique_random_vectors(space, n_train + n_test + n_calib, seed=1)
     start = time.perf_counter()
-    latency = measure_subnets(space, cpu, vectors, warmup=5, runs=runs, rounds=3)
+    latency = measure_subnets(space, cpu, vectors, warmup=5, runs=runs, rounds=rounds)
     print(f"measured {len(vectors)} extracted subnets in {time.perf_counter() - start:.0f} s "
           f"(latency {latency.min():.2f}..{latency.max():.2f} ms)")
     test, train, calib = np.split(np.arange(len(vectors)), [n_test, n_test + n_train])
 
     start = time.perf_counter()
-    lut = LookupTablePredictor(space, "latency_ms", "cpu").measure_entries(cpu, warmup=5, runs=runs, rounds=3)
+    lut = LookupTablePredictor(space, "latency_ms", "cpu").measure_entries(cpu, warmup=5, runs=runs, rounds=rounds)
     lut.fit(vectors[calib], latency[calib])
     seconds = time.perf_counter() - start
     rows = [("lut", f"{len(lut.entries)} layers + overhead on {n_calib} nets", seconds,
@@ -89,12 +89,12 @@ def measured_cpu(width: float, resolutions: list[int], n_train: int, n_test: int
               f"{r['spearman_rho']:>6.3f} {r['within_10pct']:>8.0f}%")
 
 
-def _stability(space, device, runs: int) -> tuple[float, float]:
+def _stability(space, device, runs: int, rounds: int) -> tuple[float, float]:
     """Run-to-run spread (max - min) / mean of the same subnets over 3 repeats: of single medians, and
     of the robust estimate (smallest of 3 interleaved round medians) that predictors are built from."""
     vectors = space.encode(space.sample(8, seed=9))
     single = np.stack([measure_subnets(space, device, vectors, runs=runs, rounds=1) for _ in range(3)])
-    robust = np.stack([measure_subnets(space, device, vectors, runs=runs, rounds=3) for _ in range(3)])
+    robust = np.stack([measure_subnets(space, device, vectors, runs=runs, rounds=rounds) for _ in range(3)])
     spread = lambda a: float(np.median((a.max(axis=0) - a.min(axis=0)) / a.mean(axis=0)))  # noqa: E731
     return spread(single), spread(robust)
 
@@ -119,7 +119,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=float, default=0.5)
     parser.add_argument("--resolutions", type=int, nargs="+", default=[128, 144, 160])
-    parser.add_argument("--runs", type=int, default=10, help="Timed runs per round (3 rounds).")
+    parser.add_argument("--runs", type=int, default=10, help="Timed runs per round.")
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds; the smallest round median counts.")
     parser.add_argument("--nb201-kind", default="gbdt")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -127,7 +128,8 @@ def main() -> None:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})   # one core: less migration noise
     throughput(batch=1_000_000, loop=2_000)
     nb201_devices(100, args.nb201_kind)
-    measured_cpu(args.width, args.resolutions, n_train=200, n_test=100, n_calib=20, runs=args.runs)
+    measured_cpu(args.width, args.resolutions, n_train=200, n_test=100, n_calib=20, runs=args.runs,
+                 rounds=args.rounds)
 
 
 if __name__ == "__main__":
