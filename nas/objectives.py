@@ -23,11 +23,12 @@ _METRIC_SOURCES: dict[str, Callable[["Context"], Evaluate]] = {}
 _UNITS = {"ms": 1.0, "%": 1.0, "": 1.0, "K": 1e3, "M": 1e6, "G": 1e9}
 
 
-def register_metric_source(space_name: str):
-    """Decorator: ``factory(context) -> evaluate(vectors)`` giving the task metric of ``space_name``."""
+def register_metric_source(metric_name: str):
+    """Decorator: ``factory(context) -> evaluate(vectors)`` measuring the task metric ``metric_name``
+    (``accuracy``, ``psnr``, ...) of a space that has no table of it: on a trained supernet."""
 
     def decorator(factory):
-        _METRIC_SOURCES[space_name] = factory
+        _METRIC_SOURCES[metric_name] = factory
         return factory
 
     return decorator
@@ -35,11 +36,15 @@ def register_metric_source(space_name: str):
 
 @dataclass
 class Context:
-    """What objectives may draw on: the space, the device file, predictor files, a supernet."""
+    """What objectives may draw on: the space, the device file, predictor files, a supernet and data."""
 
     space: SearchSpace
     devices_file: str | None = None
     latency_predictors: dict[str, str] | None = None
+    #: The trained supernet checkpoint the space's weights came from, if any.
+    supernet: str | None = None
+    #: Data spec for measured task metrics (``digits``, ``npz:PATH``, ...).
+    data: str | None = None
 
 
 @dataclass
@@ -104,10 +109,9 @@ def resolve(name: str, context: Context) -> Objective:
     if name == space.metric.name and space.has_metric_table:
         return Objective(name, space.metric_table, maximise=space.metric.direction == "max", unit=space.metric.unit)
     if name == space.metric.name:
-        if space.name not in _METRIC_SOURCES:
-            raise ConfigError(f"space {space.name!r} cannot evaluate {name!r} here: it needs a trained supernet "
-                              f"and data (not available for this space yet)")
-        return Objective(name, _METRIC_SOURCES[space.name](context), maximise=space.metric.direction == "max",
+        if name not in _METRIC_SOURCES:
+            raise ConfigError(f"no way to measure {name!r} is registered (space {space.name!r})")
+        return Objective(name, _METRIC_SOURCES[name](context), maximise=space.metric.direction == "max",
                          unit=space.metric.unit)
     if name in space.costs:
         return Objective(name, lambda v, n=name: space.cost(n, v).astype(float), unit="",
@@ -116,6 +120,26 @@ def resolve(name: str, context: Context) -> Objective:
         return _latency_objective(name, name.split("@", 1)[1], context)
     known = [space.metric.name, *space.costs, "latency@DEVICE"]
     raise ConfigError(f"unknown objective {name!r} for space {space.name!r}; known: {', '.join(known)}")
+
+
+@register_metric_source("accuracy")
+def _supernet_accuracy(context: Context) -> Evaluate:
+    """Validation top-1 of each subnet of the trained supernet, BatchNorm re-calibrated per subnet."""
+    from evaluators.accuracy import SubnetAccuracy
+    from evaluators.data import load_data
+    from search_spaces.training import ChoiceSampler
+
+    space = context.space
+    if context.supernet is None:
+        raise ConfigError(f"the accuracy of {space.name} subnets is measured on a trained supernet: pass "
+                          f"--supernet FILE (train one with `nas train {space.name} --data digits --out DIR`)")
+    if context.data is None:
+        raise ConfigError(f"{context.supernet} does not say which data it was trained on: pass --data")
+    data = load_data(context.data, image_size=space.input_size(ChoiceSampler(space, {}).largest()))
+    if space.options.get("n_classes", data.n_classes) != data.n_classes:
+        raise ConfigError(f"data {context.data!r} has {data.n_classes} classes but the supernet "
+                          f"{context.supernet} classifies {space.options['n_classes']}")
+    return SubnetAccuracy(space, data, "val").vectors
 
 
 def _latency_objective(name: str, device_name: str, context: Context) -> Objective:

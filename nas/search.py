@@ -42,6 +42,12 @@ class SearchConfig:
     batch: int = 10
     devices_file: str | None = None
     latency_predictors: dict[str, str] = field(default_factory=dict)
+    #: A trained supernet checkpoint (``nas train``): the space's weights, and what ``accuracy`` measures.
+    supernet: str | None = None
+    #: Its data (``digits``, ``npz:PATH``, ...); by default the data it was trained on.
+    data: str | None = None
+    #: Fingerprint of ``supernet`` when the search started: a replaced checkpoint is refused on resume.
+    supernet_sha256: str | None = None
 
     def validate(self) -> None:
         if self.evaluations < 1:
@@ -78,10 +84,10 @@ class Search:
         """Resolve ``config`` (space, objectives, constraints, searcher); ``store`` is needed to ``run``."""
         self.store = store
         self.config = SearchConfig.from_dict(config)
-        self.space = search_spaces.get(self.config.space, **self.config.space_options)
+        self.space = open_space(self.config)
         local = {d: str(store.path / f) if store is not None and not Path(f).is_absolute() else f
                  for d, f in self.config.latency_predictors.items()}
-        context = Context(self.space, self.config.devices_file, local)
+        context = Context(self.space, self.config.devices_file, local, self.config.supernet, self.config.data)
         self.objectives: list[Objective] = [resolve(n, context) for n in self.config.objectives]
         self.constraints: list[Constraint] = [parse_constraint(c) for c in self.config.constraints]
         extra = [c.name for c in self.constraints if c.name not in self.config.objectives]
@@ -273,6 +279,35 @@ class Search:
         return self.space.canonical(np.asarray(vector, dtype=np.int64)).tobytes()
 
 
+def open_space(config: SearchConfig) -> search_spaces.SearchSpace:
+    """The search's space: built from its options, or loaded from its trained supernet checkpoint."""
+    if config.supernet is None:
+        return search_spaces.get(config.space, **config.space_options)
+    from search_spaces.checkpoint import file_sha256, load_supernet
+
+    if config.supernet_sha256 is not None and file_sha256(config.supernet) != config.supernet_sha256:
+        raise ConfigError(f"supernet {config.supernet} changed since this search started (its sha256 differs); "
+                          "restore the original file or start a new search")
+    space = load_supernet(config.supernet, expect_space=config.space)
+    differing = {k: v for k, v in config.space_options.items() if space.options.get(k) != v}
+    if differing:
+        raise ConfigError(f"space options {differing} differ from those of the supernet {config.supernet} "
+                          f"({ {k: space.options.get(k) for k in differing} }); drop them")
+    return space
+
+
+def _with_supernet(config: SearchConfig) -> None:
+    """Fill in the supernet's absolute path, fingerprint, space options and training data."""
+    from search_spaces.checkpoint import file_sha256, read_checkpoint
+
+    path = Path(config.supernet).resolve()
+    config.supernet, config.supernet_sha256 = str(path), file_sha256(path)
+    stored = read_checkpoint(path)
+    config.space_options = {**stored.get("options", {}), **config.space_options}
+    trained = stored.get("meta", {}).get("trained", {})
+    config.data = config.data or trained.get("data", {}).get("spec")
+
+
 def _value(event: dict[str, Any], name: str) -> float:
     value = event["values"].get(name)
     return np.nan if value is None else float(value)
@@ -286,6 +321,8 @@ def _json_float(value: float) -> float | None:
 def start_search(run: str | Path, config: SearchConfig, progress: Progress | None = None) -> tuple[RunStore, dict]:
     """Create the run folder and search to the budget. Bad configurations fail before anything is written."""
     config.validate()
+    if config.supernet is not None:
+        _with_supernet(config)
     Search(config.to_dict()).check_budgets()              # resolve everything first: errors write nothing
     sources = dict(config.latency_predictors)
     config.latency_predictors = {d: f"predictors/latency@{d}.npz" for d in sources}   # the run keeps its copies

@@ -245,6 +245,11 @@ class SearchSpace(abc.ABC):
     def example_input(self, config: Config, batch: int = 1):
         """A valid input tensor for the subnet ``config``."""
 
+    def input_size(self, config: Config) -> int | None:
+        """The image side the subnet ``config`` takes (an elastic-resolution gene), or ``None`` when the
+        network takes its data as stored. Trainers and evaluators resize each batch to it."""
+        return None
+
     def recalibrate_bn(self, config: Config, batches: Iterable) -> None:
         """Re-estimate the subnet's BatchNorm statistics from ``batches`` of inputs.
 

@@ -27,6 +27,17 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes (fingerprints the checkpoint a search or an export came from)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint file with ``weights_only=True``; one clear error if it cannot be read."""
     path = Path(path)

@@ -283,6 +283,9 @@ class OFAMobileNetV3Space(SearchSpace):
             return torch.randn(batch, layer["in_channels"])
         return torch.randn(batch, layer["in_channels"], layer["in_size"], layer["in_size"])
 
+    def input_size(self, config: Config) -> int:
+        return config["r"]
+
     def example_input(self, config: Config, batch: int = 1) -> torch.Tensor:
         self.validate(config)
         r = config["r"]

@@ -57,7 +57,9 @@ def search(space: str = typer.Option(..., help="Search space (nas spaces list)."
            option: list[str] = typer.Option(None, "-o", "--option", help=OPTION_HELP),
            searcher_option: list[str] = typer.Option(None, "--searcher-option", help="KEY=VALUE for the searcher."),
            latency_predictor: list[str] = typer.Option(None, help="DEVICE=FILE: use a predictor for latency@DEVICE."),
-           devices: Path = typer.Option(None, "--devices", help=DEVICES_HELP)) -> None:
+           devices: Path = typer.Option(None, "--devices", help=DEVICES_HELP),
+           supernet: Path = typer.Option(None, help="Trained supernet (nas train): its weights and accuracy."),
+           data: str = typer.Option(None, help="Data for accuracy (default: what the supernet was trained on).")) -> None:
     """Search SPACE for the Pareto front of OBJECTIVES within the constraints."""
     from nas.objectives import parse_objective_names
     from nas.search import SearchConfig, start_search
@@ -66,7 +68,8 @@ def search(space: str = typer.Option(..., help="Search space (nas spaces list)."
                           searcher=searcher, space_options=parse_options(option), constraints=list(constraint or []),
                           searcher_options=parse_options(searcher_option), seed=seed, batch=batch,
                           devices_file=str(devices.resolve()) if devices else None,
-                          latency_predictors=_latency_predictors(latency_predictor))
+                          latency_predictors=_latency_predictors(latency_predictor),
+                          supernet=str(supernet) if supernet else None, data=data)
     with _Bar() as bar:
         store, archive = start_search(run, config, bar)
     _print_summary(store.path, archive)

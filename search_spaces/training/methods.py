@@ -1,0 +1,201 @@
+"""Training methods, registered by name: each turns a :class:`TrainConfig` into phases.
+
+* ``ps``: Once-for-All progressive shrinking (full network, then elastic kernel, depth in two steps,
+  expand ratio in two steps with channels re-sorted by importance as each starts), knowledge
+  distillation from the frozen full network by default;
+* ``deps``: Delayed ε-Shrinking: the full network alone for the first ``rho`` of the budget, then the
+  sandwich rule (largest on labels, smallest and random subnets distilled in place from the largest)
+  with subnet losses scaled by ε(t), on one cosine curve;
+* ``full``: the largest subnet alone, the baseline at equal budget.
+
+The budget (``epochs``) is shared out over the phases; ``phase_epochs``/``phase_lr``/``phase_subnets``
+override single phases by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from nas.errors import ConfigError
+from search_spaces.base import SearchSpace
+from search_spaces.training.phases import EpsilonSchedule, Phase
+
+KD_MODES = ("none", "frozen", "inplace")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; stored with its checkpoints and compared on resume."""
+
+    space: str = "ofa_mbv3"
+    space_options: dict[str, Any] = field(default_factory=dict)
+    data: str = "digits"
+    method: str = "ps"
+    #: Total budget in epochs, shared out over the method's phases.
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 3e-5
+    label_smoothing: float = 0.1
+    #: ``none``, ``frozen`` (the trained full network, as in OFA) or ``inplace`` (the supernet's own
+    #: largest subnet in the same step); ``None`` takes the method's default.
+    kd: str | None = None
+    kd_ratio: float = 1.0
+    #: Random subnets per step in sandwich phases (DεpS, sorted training).
+    subnets: int = 2
+    phase_epochs: dict[str, int] = field(default_factory=dict)
+    phase_lr: dict[str, float] = field(default_factory=dict)
+    phase_subnets: dict[str, int] = field(default_factory=dict)
+    #: DεpS: fraction of the budget before shrinking starts, ε at the start, window (budget fraction).
+    rho: float = 0.5
+    eps0: float = 0.1
+    eps_window: float = 0.2
+    #: Training images used to re-calibrate BatchNorm before each validation.
+    calib_images: int = 500
+    seed: int = 0
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1; got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1; got {self.batch_size}"),
+            (self.lr > 0, f"lr must be > 0; got {self.lr}"),
+            (self.kd is None or self.kd in KD_MODES, f"kd must be one of {KD_MODES}; got {self.kd!r}"),
+            (0 <= self.rho < 1, f"rho must be in [0, 1); got {self.rho}"),
+            (0 <= self.eps0 <= 1, f"eps0 must be in [0, 1]; got {self.eps0}"),
+            (self.eps_window >= 0, f"eps_window must be >= 0; got {self.eps_window}"),
+            (self.subnets >= 0, f"subnets must be >= 0; got {self.subnets}"),
+            (self.calib_images >= 1, f"calib_images must be >= 1; got {self.calib_images}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"training config: {message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"training config: unknown keys {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**data)
+
+
+Method = Callable[[SearchSpace, TrainConfig], tuple[list[Phase], str]]
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str):
+    """Decorator: ``method(space, config) -> (phases, kd_mode)``."""
+
+    def decorator(method: Method) -> Method:
+        _METHODS[name] = method
+        return method
+
+    return decorator
+
+
+def method_names() -> list[str]:
+    return sorted(_METHODS)
+
+
+def build_phases(space: SearchSpace, config: TrainConfig) -> tuple[list[Phase], str]:
+    """The phases of ``config.method`` on ``space``, with overrides applied, and the KD mode."""
+    if config.method not in _METHODS:
+        raise ConfigError(f"unknown training method {config.method!r}; known: {', '.join(method_names())}")
+    phases, kd = _METHODS[config.method](space, config)
+    names = {p.name for p in phases}
+    for option in ("phase_epochs", "phase_lr", "phase_subnets"):
+        unknown = sorted(set(getattr(config, option)) - names)
+        if unknown:
+            raise ConfigError(f"training config: {option} names phases {unknown} that method "
+                              f"{config.method!r} does not have (its phases: {[p.name for p in phases]})")
+    for p in phases:
+        p.epochs = int(config.phase_epochs.get(p.name, p.epochs))
+        p.lr = float(config.phase_lr.get(p.name, p.lr))
+        p.subnets = int(config.phase_subnets.get(p.name, p.subnets))
+    return [p for p in phases if p.epochs > 0], kd
+
+
+def _share(total: int, fractions: list[float]) -> list[int]:
+    """Split ``total`` epochs by ``fractions`` (each phase at least one epoch; rounding to the last)."""
+    counts = [max(1, round(total * f)) for f in fractions[:-1]]
+    return counts + [max(1, total - sum(counts))]
+
+
+def _kd(config: TrainConfig, default: str, allowed: tuple[str, ...]) -> str:
+    kd = config.kd or default
+    if kd not in allowed:
+        raise ConfigError(f"training method {config.method!r} supports kd {allowed}; got {kd!r}")
+    return kd
+
+
+# Budget shares and learning-rate multipliers of the OFA phases. OFA's own schedule (120/25/120/25/120
+# epochs after a separately trained teacher) is for ImageNet; on small data the later phases need a
+# larger share of the base learning rate to adapt within few epochs.
+PS_SHARES = {"full": 0.3, "kernel": 0.15, "depth_1": 0.05, "depth_2": 0.15, "expand_1": 0.05, "expand_2": 0.3}
+PS_LR = {"full": 1.0, "kernel": 0.6, "depth_1": 0.2, "depth_2": 0.4, "expand_1": 0.2, "expand_2": 0.4}
+
+
+@register_method("ps")
+def progressive_shrinking(space: SearchSpace, config: TrainConfig) -> tuple[list[Phase], str]:
+    supernet = space.supernet
+    keys = {e.key for e in space.config_layout}
+    if not {"ks", "e", "d"} <= keys or not hasattr(supernet, "reorder_channels"):
+        raise ConfigError(f"progressive shrinking needs an OFA-style space (elastic ks, e, d); {space.name} is "
+                          "not one: use --method deps or full")
+    es, ds = space.expand_ratio_list, space.depth_list
+    epochs = dict(zip(PS_SHARES, _share(config.epochs, list(PS_SHARES.values()))))
+
+    def phase(name: str, subnets: int, **choices) -> Phase:
+        return Phase(name, epochs[name], config.lr * PS_LR[name], choices=choices, subnets=subnets)
+
+    def reorder(stage: int):
+        return lambda s: s.supernet.reorder_channels(stage)
+
+    phases = [
+        Phase("full", epochs["full"], config.lr, choices=_largest_choices(space), subnets=0, include_max=True),
+        phase("kernel", 1, e=[es[-1]], d=[ds[-1]]),
+        phase("depth_1", 2, e=[es[-1]], d=ds[-2:]),
+        phase("depth_2", 2, e=[es[-1]]),
+        phase("expand_1", 4, e=es[-2:]),
+        phase("expand_2", 4),
+    ]
+    phases[4].on_start, phases[5].on_start = reorder(0), reorder(1)
+    if len(ds) < 2:
+        phases = [p for p in phases if p.name != "depth_1"]
+    if len(es) < 2:
+        phases = [p for p in phases if p.name != "expand_1"]
+    return phases, _kd(config, "frozen", KD_MODES)
+
+
+@register_method("deps")
+def delayed_epsilon_shrinking(space: SearchSpace, config: TrainConfig) -> tuple[list[Phase], str]:
+    warmup, shrink = _share(config.epochs, [config.rho, 1 - config.rho]) if config.rho > 0 else (0, config.epochs)
+    rho = warmup / config.epochs
+    epsilon = EpsilonSchedule(start=rho, eps0=config.eps0, window=config.eps_window)
+    phases = [
+        Phase("full", warmup, config.lr, choices=_largest_choices(space), subnets=0, include_max=True,
+              lr_span=(0.0, rho)),
+        Phase("shrink", shrink, config.lr, subnets=config.subnets, include_max=True, include_min=True,
+              lr_span=(rho, 1.0), epsilon=epsilon, distill_only=True),
+    ]
+    return phases, _kd(config, "inplace", ("inplace", "none"))
+
+
+@register_method("full")
+def largest_alone(space: SearchSpace, config: TrainConfig) -> tuple[list[Phase], str]:
+    return [Phase("full", config.epochs, config.lr, choices=_largest_choices(space), subnets=0,
+                  include_max=True)], _kd(config, "none", ("none",))
+
+
+def _largest_choices(space: SearchSpace) -> dict[str, list]:
+    """Every config key restricted to its largest value (the full network at the largest input)."""
+    largest: dict[str, list] = {}
+    genes = iter(space.genes)
+    for entry in space.config_layout:
+        largest[entry.key] = sorted({next(genes).choices[-1] for _ in range(entry.n_genes)})
+    return largest
