@@ -19,3 +19,23 @@ def small_space():
         return search_spaces.get(name, **options)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def tiny_digits(tmp_path_factory):
+    """``npz:PATH`` of 150 real digits (15 per class), stored as 8x8 uint8 images: seconds to train on."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    index = np.concatenate([np.flatnonzero(digits.target == c)[:15] for c in range(10)])
+    path = tmp_path_factory.mktemp("data") / "tiny_digits.npz"
+    np.savez(path, x=(digits.images[index] * 15).astype(np.uint8), y=digits.target[index])
+    return f"npz:{path}"
+
+
+@pytest.fixture
+def tiny_ofa():
+    """Options of a small OFA-MBv3 (10 classes) that trains in seconds on ``tiny_digits``."""
+    return {"n_classes": 10, "width_mult": 0.25, "ks_list": [3, 5], "expand_ratio_list": [3, 4],
+            "depth_list": [1, 2], "resolutions": [32, 36]}

@@ -16,7 +16,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-from nas.cli import devices, predictors, search, spaces, supernet, train  # noqa: E402,F401  (command groups register on import)
+from nas.cli import devices, extract, predictors, search, spaces, supernet, train  # noqa: E402,F401  (command groups register on import)
 
 
 def main(argv: list[str] | None = None) -> None:

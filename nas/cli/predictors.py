@@ -25,6 +25,7 @@ def build(device: str = typer.Option(..., help="Device name (nas devices list)."
           seed: int = typer.Option(0), warmup: int = typer.Option(5),
           runs: int = typer.Option(10, help="Timed runs per round (3 interleaved rounds; the smallest round median counts)."),
           devices: Path = typer.Option(None, "--devices", help=DEVICES_HELP),
+          supernet: Path = typer.Option(None, help="Take the space and its options from this supernet checkpoint."),
           force: bool = typer.Option(False, help="Overwrite --out if it exists.")) -> None:
     """Measure what is needed on DEVICE, fit a latency predictor, print and store its quality report."""
     import predictors
@@ -36,7 +37,13 @@ def build(device: str = typer.Option(..., help="Device name (nas devices list)."
     if kind not in predictors.kinds():
         raise NasError(f"unknown predictor kind {kind!r}; known kinds: {', '.join(predictors.kinds())}")
     target = get_device(device, devices)
-    search_space = space_for_device(target, space, parse_options(option))
+    options = parse_options(option)
+    if supernet is not None:
+        from search_spaces.checkpoint import load_supernet
+
+        trained = load_supernet(supernet, expect_space=space)
+        space, options = trained.name, {**trained.options, **options}
+    search_space = space_for_device(target, space, options)
     with ProgressBars() as bars:
         predictor = build_latency_predictor(search_space, target, kind, samples, seed, warmup, runs, bars)
     predictor.save(out)

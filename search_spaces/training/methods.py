@@ -121,9 +121,17 @@ def build_phases(space: SearchSpace, config: TrainConfig) -> tuple[list[Phase], 
 
 
 def _share(total: int, fractions: list[float]) -> list[int]:
-    """Split ``total`` epochs by ``fractions`` (each phase at least one epoch; rounding to the last)."""
-    counts = [max(1, round(total * f)) for f in fractions[:-1]]
-    return counts + [max(1, total - sum(counts))]
+    """Split ``total`` epochs over phases in proportion to ``fractions``, each phase at least one epoch
+    (largest remainders get the spare epochs), so the phases add up to exactly ``total``."""
+    if total < len(fractions):
+        raise ConfigError(f"training config: epochs={total} is fewer than the method's {len(fractions)} phases")
+    spare = total - len(fractions)
+    ideal = [spare * f / sum(fractions) for f in fractions]
+    counts = [int(x) for x in ideal]
+    by_remainder = sorted(range(len(ideal)), key=lambda i: ideal[i] - counts[i], reverse=True)
+    for i in by_remainder[:spare - sum(counts)]:
+        counts[i] += 1
+    return [c + 1 for c in counts]
 
 
 def _kd(config: TrainConfig, default: str, allowed: tuple[str, ...]) -> str:
@@ -174,7 +182,10 @@ def progressive_shrinking(space: SearchSpace, config: TrainConfig) -> tuple[list
 
 @register_method("deps")
 def delayed_epsilon_shrinking(space: SearchSpace, config: TrainConfig) -> tuple[list[Phase], str]:
-    warmup, shrink = _share(config.epochs, [config.rho, 1 - config.rho]) if config.rho > 0 else (0, config.epochs)
+    warmup = round(config.epochs * config.rho)
+    shrink = config.epochs - warmup
+    if shrink < 1:
+        raise ConfigError(f"training config: epochs={config.epochs} with rho={config.rho} leaves no epoch to shrink")
     rho = warmup / config.epochs
     epsilon = EpsilonSchedule(start=rho, eps0=config.eps0, window=config.eps_window)
     phases = [

@@ -56,8 +56,10 @@ class Trainer:
         config.validate()
         self.space, self.data, self.config, self.out = space, data, config, Path(out)
         self.validate, self.progress = validate, progress
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed)          # a supernet built here starts from the seed's weights
+            self.net = space.supernet
         self.phases, self.kd = build_phases(space, config)
-        self.net = space.supernet
         self.largest = ChoiceSampler(space, {}).largest()
         self.teacher: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None

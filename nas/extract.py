@@ -1,0 +1,181 @@
+"""Extracting an archived subnet as a standalone model: exported, measured, tested, with a card.
+
+``export_subnet(run, n)`` takes evaluation ``n`` of a search run (the best feasible one by default),
+re-calibrates its BatchNorm statistics on training data (weight-sharing supernets), extracts it with
+copied weights, and writes into ``RUN/subnets/n<N>/`` (or ``out``):
+
+* ``model.onnx`` (checked against the torch outputs in ONNX Runtime), ``model.ts`` (TorchScript),
+  ``state_dict.pt`` + ``config.json`` — the formats asked for;
+* ``card.json``: the config, the search values (predicted or looked-up latency), the latency measured
+  here on ``device`` with its spread, the test accuracy, MACs, params, and where it came from.
+
+Spaces without weights (``nb201``) get the card and the architecture only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nas.atomic import atomic_write_bytes
+from nas.errors import ConfigError, NasError
+from nas.runs import RunStore
+from nas.search import Search, SearchConfig
+
+FORMATS = ("onnx", "torchscript", "state_dict")
+ONNX_TOLERANCE = 1e-4
+
+
+@dataclass
+class ExportOptions:
+    formats: tuple[str, ...] = FORMATS
+    device: str = "cpu"
+    devices_file: str | None = None
+    #: Timed runs per round and rounds of the latency measurement (smallest round median reported).
+    runs: int = 30
+    rounds: int = 3
+    calib_images: int = 500
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.formats) - set(FORMATS))
+        if unknown:
+            raise ConfigError(f"unknown export formats {unknown}; use some of {', '.join(FORMATS)}")
+
+
+def pick_evaluation(search: Search, n: int | None) -> dict[str, Any]:
+    """Evaluation ``n`` of the run, or its best feasible one; a clear error if there is none."""
+    store = search.store
+    results = store.results()
+    if not results:
+        raise ConfigError(f"{store.path} holds no evaluations yet; run or resume the search first")
+    if n is None:
+        n = search.archive().get("best")
+        if n is None:
+            raise ConfigError(f"{store.path} has no subnet meeting its constraints; pass --n to export another")
+    by_n = {e["n"]: e for e in results}
+    if n not in by_n:
+        raise ConfigError(f"{store.path} has no evaluation #{n} (it has 1..{len(results)})")
+    if by_n[n]["status"] != "ok":
+        raise ConfigError(f"evaluation #{n} of {store.path} failed ({by_n[n]['error']}); choose another")
+    return by_n[n]
+
+
+def export_subnet(run: str | Path, n: int | None = None, out: str | Path | None = None,
+                  options: ExportOptions | None = None) -> dict[str, Any]:
+    """Export evaluation ``n`` (default: the best feasible) of ``run``; returns its card."""
+    options = options or ExportOptions()
+    options.validate()
+    store = RunStore.open(run, write=False)
+    search = Search(store.config, store)
+    event = pick_evaluation(search, n)
+    config, space = search.config, search.space
+    subnet = event["config"]
+    out = Path(out) if out is not None else store.path / "subnets" / f"n{event['n']}"
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not empty; choose another --out or remove it")
+    vector = space.encode(subnet)[None, :]
+    card: dict[str, Any] = {
+        "run": str(store.path), "evaluation": event["n"], "space": space.name, "space_options": space.options,
+        "config": subnet, "search_values": event["values"], "macs": int(space.macs(vector)[0]),
+        "params": int(space.params(vector)[0]), "supernet": config.supernet,
+        "supernet_sha256": config.supernet_sha256, "files": {}, **options.extra,
+    }
+    if config.supernet is None:
+        card["note"] = f"{space.name} subnets have no trained weights here: the card and architecture only"
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "config.json", subnet)
+        card["files"]["config"] = str(out / "config.json")
+        _write_json(out / "card.json", card)
+        return card
+    model, data = _calibrated_model(space, config, subnet, options)
+    x = space.example_input(subnet)
+    card["test_accuracy"] = _test_accuracy(space, model, data, subnet)
+    card["latency"] = _measure(model, x, options)
+    out.mkdir(parents=True, exist_ok=True)
+    card["files"] = _write_formats(model, x, subnet, out, options.formats)
+    _write_json(out / "card.json", card)
+    return card
+
+
+def _calibrated_model(space, config: SearchConfig, subnet: dict, options: ExportOptions):
+    """The subnet extracted after re-estimating its BatchNorm statistics on training images."""
+    from evaluators.accuracy import SubnetAccuracy
+    from evaluators.data import load_data
+    from search_spaces.training import ChoiceSampler
+
+    if config.data is None:
+        raise ConfigError(f"the search does not say which data {config.supernet} was trained on")
+    data = load_data(config.data, image_size=space.input_size(ChoiceSampler(space, {}).largest()))
+    evaluator = SubnetAccuracy(space, data, "test", calib_images=options.calib_images)
+    space.recalibrate_bn(subnet, evaluator.calibration_batches(space.input_size(subnet)))
+    return space.extract(subnet).eval(), evaluator
+
+
+def _test_accuracy(space, model: torch.nn.Module, evaluator, subnet: dict) -> float:
+    return evaluator.model_accuracy(model, space.input_size(subnet))
+
+
+def _measure(model: torch.nn.Module, x: torch.Tensor, options: ExportOptions) -> dict[str, Any]:
+    from evaluators.devices import get_device
+    from evaluators.measure import measure_models
+
+    device = get_device(options.device, options.devices_file)
+    if not device.measurable:
+        return {"device": device.name, "measured_ms": None, "note": f"{device.kind} device: not measurable here"}
+    medians = measure_models([(model, x)], device, runs=options.runs, rounds=options.rounds)[0]
+    return {"device": device.name, "measured_ms": float(medians.min()), "round_medians_ms": medians.round(4).tolist(),
+            "spread": float((medians.max() - medians.min()) / medians.min()), "threads": device.threads,
+            "batch": device.batch}
+
+
+def _write_formats(model: torch.nn.Module, x: torch.Tensor, subnet: dict, out: Path,
+                   formats: tuple[str, ...]) -> dict[str, str]:
+    files = {}
+    for name in formats:
+        files[name] = str(_WRITERS[name](model, x, subnet, out))
+    return files
+
+
+def _write_onnx(model, x, subnet, out: Path) -> Path:
+    from evaluators.backends import export_onnx, ort_session
+
+    path = out / "model.onnx"
+    export_onnx(model, x, str(path))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = ort_session(str(path)).run(None, {"x": x.numpy()})[0]
+    error = float(np.abs(got - expected).max())
+    if error > ONNX_TOLERANCE * max(1.0, float(np.abs(expected).max())):
+        path.unlink()
+        raise NasError(f"the ONNX export differs from torch by {error:.3g}; not written")
+    return path
+
+
+def _write_torchscript(model, x, subnet, out: Path) -> Path:
+    path = out / "model.ts"
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x)
+    traced.save(str(path))
+    return path
+
+
+def _write_state_dict(model, x, subnet, out: Path) -> Path:
+    from search_spaces.checkpoint import atomic_torch_save
+
+    path = out / "state_dict.pt"
+    atomic_torch_save(model.state_dict(), path)
+    _write_json(out / "config.json", subnet)
+    return path
+
+
+_WRITERS = {"onnx": _write_onnx, "torchscript": _write_torchscript, "state_dict": _write_state_dict}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, json.dumps(data, indent=2).encode())

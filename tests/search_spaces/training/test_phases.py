@@ -1,0 +1,102 @@
+"""Phases, learning-rate and ε schedules, choice sampling, and the methods that build phases."""
+
+import math
+
+import numpy as np
+import pytest
+
+import search_spaces
+from nas.errors import ConfigError
+from search_spaces.training import ChoiceSampler, EpsilonSchedule, Phase, TrainConfig, build_phases
+
+
+def test_epsilon_rises_linearly_over_the_window():
+    eps = EpsilonSchedule(start=0.5, eps0=0.1, window=0.2)
+    assert eps(0.3) == pytest.approx(0.1) and eps(0.5) == pytest.approx(0.1)
+    assert eps(0.6) == pytest.approx(0.55) and eps(0.7) == pytest.approx(1.0) and eps(0.95) == 1.0
+
+
+def test_learning_rate_follows_its_span_of_the_cosine_and_warms_up():
+    phase = Phase("p", epochs=10, lr=0.2, lr_span=(0.5, 1.0), warmup_epochs=2)
+    assert phase.lr_at(0.0, 5.0) == pytest.approx(0.1)                # cos at the middle of the curve
+    assert phase.lr_at(1.0, 10.0) == pytest.approx(0.0, abs=1e-12)
+    assert phase.lr_at(0.0, 1.0) == pytest.approx(0.05)               # half-way through the warm-up
+    assert Phase("q", 1, 0.3).lr_at(0.5, 0.5) == pytest.approx(0.3 * 0.5 * (1 + math.cos(math.pi / 2)))
+
+
+def test_choice_sampler_keeps_to_the_allowed_values(small_space):
+    space = small_space("ofa_mbv3", ks_list=[3, 5, 7], resolutions=[32, 36, 40])
+    sampler = ChoiceSampler(space, {"ks": [5, 7], "d": [4]})
+    configs = sampler.random(50, np.random.default_rng(0))
+    assert all(set(c["ks"]) <= {5, 7} and c["d"] == [4] * 5 for c in configs)
+    assert {k for c in configs for k in c["ks"]} == {5, 7} and {c["r"] for c in configs} == {32, 36, 40}
+    largest, smallest = sampler.largest(), sampler.smallest()
+    assert largest["ks"] == [7] * 20 and largest["e"] == [6] * 20 and largest["r"] == 40
+    assert smallest["ks"] == [5] * 20 and smallest["e"] == [3] * 20 and smallest["r"] == 32
+    tags = [tag for _, tag in sampler.step_configs(Phase("s", 1, 0.1, subnets=2, include_max=True,
+                                                          include_min=True), np.random.default_rng(0))]
+    assert tags == ["max", "random", "random", "min"]
+    with pytest.raises(ConfigError, match="unknown config keys"):
+        ChoiceSampler(space, {"width": [1]})
+    with pytest.raises(ConfigError, match="not one of the choices"):
+        ChoiceSampler(space, {"ks": [9]})
+
+
+def test_progressive_shrinking_phases(small_space):
+    space = small_space("ofa_mbv3")
+    phases, kd = build_phases(space, TrainConfig(epochs=40, lr=0.1))
+    assert [p.name for p in phases] == ["full", "kernel", "depth_1", "depth_2", "expand_1", "expand_2"]
+    assert sum(p.epochs for p in phases) == 40 and kd == "frozen"
+    by_name = {p.name: p for p in phases}
+    assert by_name["full"].include_max and by_name["full"].subnets == 0 and by_name["full"].lr == 0.1
+    assert by_name["kernel"].choices == {"e": [6], "d": [4]}
+    assert by_name["depth_1"].choices == {"e": [6], "d": [3, 4]} and by_name["depth_1"].subnets == 2
+    assert by_name["expand_1"].choices == {"e": [4, 6]} and by_name["expand_2"].subnets == 4
+    assert by_name["expand_1"].on_start is not None and by_name["kernel"].on_start is None
+
+
+def test_phase_overrides_and_their_errors(small_space):
+    space = small_space("ofa_mbv3")
+    phases, _ = build_phases(space, TrainConfig(epochs=20, phase_epochs={"depth_1": 0, "full": 7},
+                                                phase_lr={"kernel": 0.5}, phase_subnets={"expand_2": 1}))
+    by_name = {p.name: p for p in phases}
+    assert "depth_1" not in by_name and by_name["full"].epochs == 7
+    assert by_name["kernel"].lr == 0.5 and by_name["expand_2"].subnets == 1
+    with pytest.raises(ConfigError, match="does not have"):
+        build_phases(space, TrainConfig(phase_epochs={"warmup": 3}))
+    with pytest.raises(ConfigError, match="unknown training method"):
+        build_phases(space, TrainConfig(method="bignas"))
+    with pytest.raises(ConfigError, match="supports kd"):
+        build_phases(space, TrainConfig(method="full", kd="frozen"))
+
+
+def test_deps_trains_the_full_network_first_then_shrinks_on_one_curve(small_space):
+    space = small_space("ofa_mbv3")
+    phases, kd = build_phases(space, TrainConfig(method="deps", epochs=10, rho=0.4, eps0=0.2, eps_window=0.3))
+    full, shrink = phases
+    assert (full.epochs, shrink.epochs) == (4, 6) and kd == "inplace"
+    assert full.lr_span == (0.0, 0.4) and shrink.lr_span == (0.4, 1.0)
+    assert shrink.include_max and shrink.include_min and shrink.distill_only
+    assert shrink.epsilon(0.4) == pytest.approx(0.2) and shrink.epsilon(0.7) == pytest.approx(1.0)
+
+
+def test_progressive_shrinking_needs_an_ofa_style_space(small_space):
+    with pytest.raises(ConfigError, match="OFA-style"):
+        build_phases(small_space("nb201"), TrainConfig())
+
+
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("lr", 0), ("kd", "teacher"), ("rho", 1.0),
+                                          ("batch_size", 0), ("eps0", 2)])
+def test_bad_training_settings(field, value):
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(**{field: value}).validate()
+    with pytest.raises(ConfigError, match="unknown keys"):
+        TrainConfig.from_dict({"learning_rate": 1})
+
+
+def test_every_registered_space_with_choices_can_be_sampled(small_space):
+    for name in search_spaces.names():
+        space = small_space(name)
+        sampler = ChoiceSampler(space, {})
+        space.validate(sampler.largest())
+        space.validate(sampler.smallest())
