@@ -11,5 +11,6 @@ from search_spaces.base import Config, Gene, LayoutEntry, Metric, SearchSpace
 # Built-in spaces register themselves on import.
 from search_spaces import ofa_mbv3  # noqa: E402,F401
 from search_spaces import nb201  # noqa: E402,F401
+from search_spaces import sortednet_cnn, sortednet_transformer  # noqa: E402,F401
 
 __all__ = ["Config", "Gene", "LayoutEntry", "Metric", "SearchSpace", "get", "names", "register", "space_class"]
