@@ -8,6 +8,7 @@
   ``x_val``/``y_val`` and ``x_test``/``y_test``, otherwise the same fixed stratified split;
 * ``folder:PATH``: one sub-folder of images per class (read with Pillow), split as above, or
   ``train/``, ``val/`` (and ``test/``) folders of class sub-folders (the ImageNet layout);
+* ``sequences[:N]``: a token-sequence classification task generated on the spot (for transformers);
 * ``cifar10:ROOT``: through torchvision, when it is installed and the data is on disk (nothing is
   downloaded); ``imagenet:ROOT``: the ``train/`` + ``val/`` folder layout (val doubles as test).
 
@@ -87,17 +88,24 @@ class Data:
     hflip: bool = False
     details: dict = field(default_factory=dict)
 
+    def implied_options(self) -> dict:
+        """Space options this data fixes: its classes, and what sequence data needs (vocabulary, length)."""
+        return {"n_classes": self.n_classes, **self.details.get("space_options", {})}
+
     def describe(self) -> dict:
         return {"spec": self.spec, "n_classes": self.n_classes, "image_size": self.image_size,
                 "channels": self.channels, "train": len(self.train), "val": len(self.val),
                 "test": len(self.test), **self.details}
 
     def train_view(self, x: torch.Tensor, size: int | None, generator: torch.Generator) -> torch.Tensor:
-        """An augmented view of a training batch at ``size`` (stored size if ``None``)."""
+        """An augmented view of a training batch of images at ``size`` (stored size if ``None``); other
+        inputs (token sequences) as they are."""
+        if x.dim() != 4:
+            return x
         return train_view(x, size or self.image_size, generator, self.hflip)
 
     def eval_view(self, x: torch.Tensor, size: int | None) -> torch.Tensor:
-        return x if size is None else eval_view(x, size)
+        return x if size is None or x.dim() != 4 else eval_view(x, size)
 
     def split(self, name: str) -> Split:
         if name not in ("train", "val", "test"):
@@ -131,6 +139,7 @@ def eval_view(x: torch.Tensor, size: int) -> torch.Tensor:
 # ---------------------------------------------------------------------- sources
 Loader = Callable[[str, int | None], Data]
 _SOURCES: dict[str, Loader] = {}
+_NO_ARGUMENT = {"digits", "sequences"}             # sources that need no path
 
 
 def register_source(scheme: str):
@@ -148,9 +157,9 @@ def load_data(spec: str, image_size: int | None = None) -> Data:
     sources whose images vary in size (folders, ImageNet)."""
     scheme, _, argument = spec.partition(":")
     if scheme not in _SOURCES:
-        raise ConfigError(f"unknown data {spec!r}; use one of: digits, npz:PATH, folder:PATH, cifar10:ROOT, "
-                          "imagenet:ROOT")
-    if scheme != "digits" and not argument:
+        raise ConfigError(f"unknown data {spec!r}; use one of: digits, sequences, npz:PATH, folder:PATH, "
+                          "cifar10:ROOT, imagenet:ROOT")
+    if scheme not in _NO_ARGUMENT and not argument:
         raise ConfigError(f"data {spec!r} needs a path: {scheme}:PATH")
     return _SOURCES[scheme](argument, image_size)
 
@@ -235,6 +244,36 @@ def _labels(y: np.ndarray | None, n: int, path: Path) -> np.ndarray:
     if y is None or y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise ConfigError(f"npz data {path}: labels must be non-negative integers, one per image")
     return y.astype(np.int64)
+
+
+@register_source("sequences")
+def _sequences(argument: str, image_size: int | None, n: int = 4000, length: int = 32, vocab: int = 32,
+               markers: int = 4) -> Data:
+    """A sequence classification task generated on the spot (fixed seed): which of ``markers`` marker
+    tokens (ids 1..markers) occurs most often among filler tokens; no ties. ``sequences`` or
+    ``sequences:N`` for N sequences."""
+    if argument:
+        try:
+            n = int(argument)
+        except ValueError:
+            raise ConfigError(f"sequences:{argument}: the argument is the number of sequences") from None
+    rng = np.random.default_rng(SPLIT_SEED)
+    x = rng.integers(markers + 1, vocab, size=(n, length))
+    y = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        counts = rng.integers(0, 6, size=markers)
+        while (counts == counts.max()).sum() > 1:
+            counts = rng.integers(0, 6, size=markers)
+        positions = rng.permutation(length)[:counts.sum()]
+        x[i, positions] = np.repeat(np.arange(1, markers + 1), counts)
+        y[i] = counts.argmax()
+    train, val, test = stratified_split(y)
+    made = {name: Split(torch.utils.data.TensorDataset(torch.from_numpy(x[idx]), torch.from_numpy(y[idx])), y[idx])
+            for name, idx in (("train", train), ("val", val), ("test", test))}
+    return Data(f"sequences:{n}" if argument else "sequences", made["train"], made["val"], made["test"],
+                n_classes=markers, image_size=length, channels=1,
+                details={"task": f"most frequent of {markers} marker tokens",
+                         "space_options": {"vocab_size": vocab, "max_len": length}})
 
 
 # ---------------------------------------------------------------------- image folders

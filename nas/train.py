@@ -7,6 +7,7 @@ Wires the three parts together: the data (:mod:`evaluators.data`), the space and
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,17 @@ def prepare(config: TrainConfig) -> tuple[search_spaces.SearchSpace, Data]:
     """The space (``n_classes`` taken from the data unless given) and its data at the largest input size."""
     options = dict(config.space_options)
     space_class = search_spaces.space_class(config.space)
-    probe = search_spaces.get(config.space, **{**space_class.small_options, **options})
+    probe = search_spaces.get(config.space, **options)            # the input size does not depend on the data
     size = probe.input_size(ChoiceSampler(probe, {}).largest())
     data = load_data(config.data, image_size=size)
-    if "n_classes" in options and options["n_classes"] != data.n_classes:
-        raise ConfigError(f"space option n_classes={options['n_classes']} but data {config.data!r} has "
-                          f"{data.n_classes} classes; drop the option or set it to {data.n_classes}")
-    options.setdefault("n_classes", data.n_classes)
+    accepted = inspect.signature(space_class.__init__).parameters
+    for key, value in data.implied_options().items():
+        if key not in accepted:
+            continue
+        if key in options and options[key] != value:
+            raise ConfigError(f"space option {key}={options[key]} does not fit data {config.data!r}, which has "
+                              f"{key}={value}; drop the option or set it to {value}")
+        options.setdefault(key, value)
     config.space_options = options
     return search_spaces.get(config.space, **options), data
 

@@ -6,7 +6,8 @@
 * ``deps``: Delayed ε-Shrinking: the full network alone for the first ``rho`` of the budget, then the
   sandwich rule (largest on labels, smallest and random subnets distilled in place from the largest)
   with subnet losses scaled by ε(t), on one cosine curve;
-* ``full``: the largest subnet alone, the baseline at equal budget.
+* ``full``: the largest subnet alone, the baseline at equal budget;
+* ``sorted``: SortedNet's training of nested sub-models sampled uniformly over the grid.
 
 The budget (``epochs``) is shared out over the phases; ``phase_epochs``/``phase_lr``/``phase_subnets``
 override single phases by name.
@@ -53,6 +54,8 @@ class TrainConfig:
     rho: float = 0.5
     eps0: float = 0.1
     eps_window: float = 0.2
+    #: Sorted training: also train the full model in every step.
+    sorted_include_max: bool = True
     #: Training images used to re-calibrate BatchNorm before each validation.
     calib_images: int = 500
     seed: int = 0
@@ -201,6 +204,15 @@ def delayed_epsilon_shrinking(space: SearchSpace, config: TrainConfig) -> tuple[
 def largest_alone(space: SearchSpace, config: TrainConfig) -> tuple[list[Phase], str]:
     return [Phase("full", config.epochs, config.lr, choices=_largest_choices(space), subnets=0,
                   include_max=True)], _kd(config, "none", ("none",))
+
+
+@register_method("sorted")
+def sorted_training(space: SearchSpace, config: TrainConfig) -> tuple[list[Phase], str]:
+    """SortedNet: every step trains ``subnets`` sub-models drawn uniformly over the grid, plus the full
+    model (``sorted_include_max``), gradients accumulated into one optimiser step; distillation from the
+    full model in place (``kd=inplace``) is optional."""
+    return [Phase("sorted", config.epochs, config.lr, subnets=config.subnets,
+                  include_max=config.sorted_include_max)], _kd(config, "none", ("none", "inplace"))
 
 
 def _largest_choices(space: SearchSpace) -> dict[str, list]:

@@ -113,3 +113,17 @@ def test_views_have_the_requested_size_and_are_reproducible():
     # with no scaling, shift or flip the view is a plain resize
     plain = train_view(x, 8, torch.Generator().manual_seed(0), scale=(1.0, 1.0), max_shift=0.0)
     assert torch.allclose(plain, x, atol=1e-5)
+
+
+def test_generated_sequences_are_fixed_and_labelled_by_the_most_frequent_marker():
+    data = load_data("sequences:600")
+    assert data.n_classes == 4 and data.implied_options() == {"n_classes": 4, "vocab_size": 32, "max_len": 32}
+    x, y = data.train.dataset.tensors
+    assert x.dtype == torch.int64 and x.shape[1] == 32 and int(x.max()) < 32
+    counts = torch.stack([(x == m).sum(1) for m in range(1, 5)], dim=1)
+    assert torch.equal(counts.argmax(1), y)
+    assert torch.equal(load_data("sequences:600").test.dataset.tensors[0], data.test.dataset.tensors[0])
+    view = data.train_view(x[:3], None, torch.Generator().manual_seed(0))
+    assert view is x[:3] or torch.equal(view, x[:3])
+    with pytest.raises(ConfigError, match="number of sequences"):
+        load_data("sequences:many")

@@ -100,3 +100,12 @@ def test_every_registered_space_with_choices_can_be_sampled(small_space):
         sampler = ChoiceSampler(space, {})
         space.validate(sampler.largest())
         space.validate(sampler.smallest())
+
+
+def test_sorted_training_samples_the_grid_with_the_full_model(small_space):
+    phases, kd = build_phases(small_space("sortednet_cnn"), TrainConfig(method="sorted", epochs=5, subnets=3))
+    (phase,) = phases
+    assert phase.epochs == 5 and phase.subnets == 3 and phase.include_max and kd == "none"
+    phases, kd = build_phases(small_space("sortednet_cnn"), TrainConfig(method="sorted", kd="inplace",
+                                                                         sorted_include_max=False))
+    assert not phases[0].include_max and kd == "inplace"
