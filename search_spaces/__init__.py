@@ -12,5 +12,7 @@ from search_spaces.base import Config, Gene, LayoutEntry, Metric, SearchSpace
 from search_spaces import ofa_mbv3  # noqa: E402,F401
 from search_spaces import nb201  # noqa: E402,F401
 from search_spaces import sortednet_cnn, sortednet_transformer  # noqa: E402,F401
+from search_spaces import dass_darts  # noqa: E402,F401
+from search_spaces import quantnas_sr  # noqa: E402,F401
 
 __all__ = ["Config", "Gene", "LayoutEntry", "Metric", "SearchSpace", "get", "names", "register", "space_class"]

@@ -43,6 +43,8 @@ def show_space(name: str, option: list[str] = typer.Option(None, "-o", "--option
     console.print(table)
     if "channels" in info:
         console.print(f"channels: {info['channels']}")
+    if "note" in info:
+        console.print(f"note: {info['note']}")
 
 
 @spaces_app.command("profile")
