@@ -16,7 +16,15 @@ def _setup_commands() -> list[str]:
 def test_readme_has_exactly_two_setup_commands():
     commands = _setup_commands()
     assert len(commands) == 2
-    assert "nas " in commands[0] and "pytest" in commands[1]
+    assert "examples/digits.sh" in commands[0] and "pytest" in commands[1]
+
+
+def test_main_job_script_uses_only_nas_commands():
+    script = (ROOT / "examples" / "digits.sh").read_text()
+    steps = [line.split()[0] for line in script.splitlines() if line.strip().startswith("nas ")]
+    assert steps and all(s == "nas" for s in steps)
+    assert {"train", "predictors", "search", "export"} <= {line.split()[1] for line in script.splitlines()
+                                                           if line.strip().startswith("nas ")}
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
