@@ -17,7 +17,8 @@ an unreadable line before the last one means the log is corrupt and the run is r
 Events: ``{"type": "start", "config": {...}}`` first; ``{"type": "ask", "vectors": [[...]]}`` when the
 searcher proposes a batch; ``{"type": "result", "n", "vector", "config", "values", "status", "error",
 "seconds"}`` for each finished evaluation (``n`` counts results from 1); ``{"type": "budget",
-"evaluations": N}`` when a resume raises the budget.
+"evaluations": N}`` when a resume raises the budget; ``{"type": "diverged", "at": i}`` when, on resume, the
+searcher did not repeat the ask logged at event ``i`` (the asks from ``i`` up to this event are void).
 """
 
 from __future__ import annotations

@@ -1,30 +1,36 @@
 """The search engine: ask the searcher, evaluate, log, tell; resume exactly from the run store.
 
-One batch at a time: the searcher's proposals are logged (``ask``), each evaluation is logged as it
-finishes (``result``), then the searcher is told and checkpointed. Resume rebuilds the searcher from
-its checkpoint and replays the events after it (searchers are deterministic given their seed), so
-completed evaluations are never repeated and an interrupted batch is re-issued where it stopped.
+An executor (``nas.executors``) evaluates: in this process a batch at a time (ask, evaluate, tell), or
+on Ray workers, asking for new candidates as results come back. The searcher's proposals are logged
+(``ask``) and every evaluation is logged by this process as it finishes (``result``); the searcher is
+told the results logged since its previous ask right before its next ask (and at the end), and
+checkpointed every ``batch`` results. So the log alone fixes every call made to the searcher: resume
+loads the checkpoint and replays the events after it (searchers are deterministic given their seed and
+calls), completed evaluations are never repeated, and candidates left in flight are re-issued.
 """
 
 from __future__ import annotations
 
 import platform
 import shutil
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 import nas
-import nas.searchers as searchers
 import search_spaces
-from nas.errors import ConfigError, NasError
+from nas import executors
+from nas.errors import ConfigError
+from nas.executors import Executor, Outcome
 from nas.objectives import Constraint, Context, Objective, parse_constraint, resolve
 from nas.pareto import hypervolume, non_dominated
 from nas.runs import RunError, RunStore
+
+if TYPE_CHECKING:
+    from nas.searchers import Searcher
 
 
 @dataclass
@@ -85,19 +91,22 @@ class Search:
         self.store = store
         self.config = SearchConfig.from_dict(config)
         self.space = open_space(self.config)
-        local = {d: str(store.path / f) if store is not None and not Path(f).is_absolute() else f
-                 for d, f in self.config.latency_predictors.items()}
-        context = Context(self.space, self.config.devices_file, local, self.config.supernet, self.config.data)
-        self.objectives: list[Objective] = [resolve(n, context) for n in self.config.objectives]
+        self.measures = build_measures(config, store.path if store is not None else None, self.space)
+        self.objectives: list[Objective] = [self.measures[n] for n in self.config.objectives]
         self.constraints: list[Constraint] = [parse_constraint(c) for c in self.config.constraints]
-        extra = [c.name for c in self.constraints if c.name not in self.config.objectives]
-        self.measures: dict[str, Objective] = {o.name: o for o in self.objectives}
-        self.measures.update({n: resolve(n, context) for n in dict.fromkeys(extra)})
-        self.searcher = searchers.create(self.config.searcher, self.space, len(self.objectives),
-                                         len(self.constraints), self.config.seed, **self.config.searcher_options)
-        self.cache: dict[bytes, dict[str, Any]] = {}
-        self.pending: list[np.ndarray] = []
-        self._pending_batch: np.ndarray | None = None
+        self.searcher = self._new_searcher()
+        self._config = config
+        self.cache: dict[bytes, dict[str, Any]] = {}      # every logged result, by network
+        self.open: dict[bytes, np.ndarray] = {}           # asked, no result yet (in flight; re-issued on resume)
+        self.untold: list[np.ndarray] = []                # results (or answers from the log) not told yet
+        self.results_logged = 0
+
+    def _new_searcher(self) -> Searcher:
+        # Imported here, not above: Ray workers import this module for build_measures and need no searcher.
+        from nas import searchers
+
+        return searchers.create(self.config.searcher, self.space, len(self.objectives), len(self.constraints),
+                                self.config.seed, **self.config.searcher_options)
 
     # ------------------------------------------------------------------ checks
     def check_budgets(self) -> None:
@@ -115,111 +124,144 @@ class Search:
 
     # ------------------------------------------------------------------ resume
     def restore(self) -> None:
-        """Bring the searcher to the state the log describes (checkpoint, then replay the rest)."""
-        events = self.store.events
-        start = 0
-        checkpoint = self.store.load_checkpoint()
-        if checkpoint is not None and checkpoint[0] <= len(events):
-            try:
-                self.searcher.load_state_dict(checkpoint[1])
-                start = checkpoint[0]
-            except Exception as exc:  # a checkpoint from another version: replaying is always possible
-                warnings.warn(f"searcher checkpoint not usable ({exc}); replaying the log instead", stacklevel=2)
-                self.searcher = searchers.create(self.config.searcher, self.space, len(self.objectives),
-                                                 len(self.constraints), self.config.seed,
-                                                 **self.config.searcher_options)
-        for event in events:
-            if event["type"] == "result":
-                self.cache[self._key(event["vector"])] = event
-        batch: dict[str, Any] | None = None
-        for index, event in enumerate(events[start:], start):
-            if event["type"] != "ask":
-                continue
-            if batch is not None and not self._tell_if_complete(batch):
-                break
-            asked = self.searcher.ask(event["requested"])
-            recorded = np.asarray(event["vectors"], dtype=np.int64).reshape(-1, self.space.n_genes)
-            if not np.array_equal(asked, recorded):
-                warnings.warn(f"searcher {self.config.searcher!r} did not repeat its proposals at log event "
-                              f"{index}; it continues with its new proposals (earlier results stay in the "
-                              "archive and answer repeats)", stacklevel=2)
-                self.store.append({"type": "ask", "requested": event["requested"], "vectors": asked.tolist()})
-                batch = {"vectors": asked}
-                break
-            batch = {"vectors": recorded}
-        if batch is not None and not self._tell_if_complete(batch):
-            self.pending = [v for v in batch["vectors"] if self._key(v) not in self.cache]
-            self._pending_batch = batch["vectors"]
+        """Bring the searcher to the state the log describes: its checkpoint, then the events after it.
 
-    def _tell_if_complete(self, batch: dict[str, Any]) -> bool:
-        if not all(self._key(v) in self.cache for v in batch["vectors"]):
-            return False
-        self._tell(batch["vectors"])
-        return True
+        The loop tells the searcher only right before an ask (every result logged since, for the
+        candidates it had asked) and at the end, so replaying the log repeats every call. Afterwards
+        ``open`` holds the candidates asked without a result (to re-issue) and ``untold`` the results
+        the searcher was not told yet. A searcher that does not repeat a logged proposal (another
+        version, say) voids that ask and every later one (a ``diverged`` event records it, so later
+        resumes replay the same calls) and goes on with new proposals; logged results stay in the
+        archive and answer repeats.
+        """
+        events = self.store.events
+        start = self._load_checkpoint(len(events))
+        void = _voided_asks(events)
+        self.cache, self.open, self.untold = {}, {}, []
+        for index, event in enumerate(events):
+            if event["type"] == "result":
+                self._note_result(event)
+            elif event["type"] == "ask" and index not in void:
+                recorded = np.asarray(event["vectors"], dtype=np.int64).reshape(-1, self.space.n_genes)
+                if index >= start:
+                    self._tell_untold()
+                    if not np.array_equal(self.searcher.ask(event["requested"]), recorded):
+                        return self._diverged(index)
+                self._take(recorded)
+            if index + 1 == start:
+                self.untold = []                  # the checkpoint was saved right after a tell
+        self.results_logged = sum(e["type"] == "result" for e in events)
+
+    def _load_checkpoint(self, n_events: int) -> int:
+        """Load the searcher checkpoint if usable; the number of log events it covers (0 without one)."""
+        checkpoint = self.store.load_checkpoint()
+        if checkpoint is None or checkpoint[0] > n_events:
+            return 0
+        try:
+            self.searcher.load_state_dict(checkpoint[1])
+            return checkpoint[0]
+        except Exception as exc:  # a checkpoint from another version: replaying is always possible
+            warnings.warn(f"searcher checkpoint not usable ({exc}); replaying the log instead", stacklevel=3)
+            self.searcher = self._new_searcher()
+            return 0
+
+    def _diverged(self, index: int) -> None:
+        warnings.warn(f"searcher {self.config.searcher!r} did not repeat its proposals at log event {index}; it "
+                      "continues with new proposals (earlier results stay in the archive and answer repeats)",
+                      stacklevel=3)
+        self.store.append({"type": "diverged", "at": index})
+        self.searcher = self._new_searcher()
+        self.restore()
+
+    def _note_result(self, event: dict[str, Any]) -> None:
+        key = self._key(event["vector"])
+        self.cache[key] = event
+        if key in self.open:
+            self.untold.append(self.open.pop(key))
+
+    def _take(self, vectors: np.ndarray) -> None:
+        """Asked candidates: those with a logged result are answered from the log, the others are open."""
+        for vector in vectors:
+            key = self._key(vector)
+            if key in self.cache:
+                self.untold.append(vector)
+            else:
+                self.open[key] = vector
+
+    def _tell_untold(self) -> int:
+        told, self.untold = self.untold, []
+        if told:
+            self._tell(np.array(told))
+        return len(told)
 
     # ------------------------------------------------------------------ the loop
-    def run(self, progress: Progress | None = None) -> dict[str, Any]:
+    def run(self, progress: Progress | None = None, executor: Executor | None = None) -> dict[str, Any]:
+        """Search to the run's budget and return the archive.
+
+        ``executor`` (started; closed by whoever started it) evaluates; by default this process, a
+        batch at a time. The searcher is asked for candidates whenever the executor has free slots.
+        """
+        if executor is None:
+            with executors.create("in-process") as local:
+                local.start(self._config, self.store.path, self.measures)
+                return self.run(progress, local)
         self.check_budgets()
         self.restore()
-        budget = self.store.budget()
+        budget, status, since_checkpoint = self.store.budget(), "", 0
+        report = progress or (lambda done, total, line: None)
+        if self.open:
+            executor.submit(np.array(list(self.open.values())))      # re-issue what the log left in flight
         while True:
-            done = len(self.store.results())
-            if self.pending:
-                vectors, to_evaluate = self._pending_batch, np.array(self.pending)
-                self.pending = []
-            else:
-                remaining = budget - done
-                if remaining <= 0:
-                    break
-                requested = min(self.config.batch, remaining)
-                vectors = self.searcher.ask(requested)
-                if len(vectors) == 0:
-                    break                                              # the space is exhausted
-                self.store.append({"type": "ask", "requested": requested, "vectors": vectors.tolist()})
-                to_evaluate = np.array([v for v in vectors if self._key(v) not in self.cache])
-            self._evaluate(to_evaluate)
-            self._tell(vectors)
-            self.store.save_checkpoint(self.searcher.state_dict())
-            archive = self.archive()
-            self.store.save_archive(archive)
-            if progress is not None:
-                progress(len(self.store.results()), budget, self.status_line(archive))
+            room = min(executor.free(len(self.open)), budget - self.results_logged - len(self.open))
+            if room > 0:
+                since_checkpoint += self._tell_untold()
+                if since_checkpoint >= self.config.batch:
+                    status, since_checkpoint = self.status_line(self._checkpoint()), 0
+                    report(self.results_logged, budget, status)
+                if self._ask(room, executor) and self.untold:
+                    continue                      # some were answered from the log: tell them, ask again
+            if not self.open:
+                break                             # the budget is spent or the space exhausted
+            for outcome in executor.wait():
+                self._record(outcome)
+            report(self.results_logged, budget, status)
+        self._tell_untold()
+        archive = self._checkpoint()
+        report(self.results_logged, budget, self.status_line(archive))
+        return archive
+
+    def _ask(self, n: int, executor: Executor) -> int:
+        """Ask for ``n`` candidates, submit the new ones, log the ask; how many were proposed.
+
+        Submitting first lets a worker start while the log is written; no result is logged (or acted
+        on) before the ask, and one lost with the driver was never acted on either.
+        """
+        vectors = self.searcher.ask(n)
+        opened = len(self.open)
+        self._take(vectors)
+        fresh = list(self.open.values())[opened:]
+        if fresh:
+            executor.submit(np.array(fresh))
+        self.store.append({"type": "ask", "requested": n, "vectors": vectors.tolist()})
+        return len(vectors)
+
+    def _record(self, outcome: Outcome) -> None:
+        """Log one finished evaluation (durably, before anything acts on it)."""
+        vector = self.open[self._key(outcome.vector)]
+        self.results_logged += 1
+        event = {"type": "result", "n": self.results_logged, "vector": vector.tolist(),
+                 "config": self.space.decode(vector[None, :])[0],
+                 "values": {k: _json_float(v) for k, v in outcome.values.items()},
+                 "status": "failed" if outcome.error else "ok", "error": outcome.error, "seconds": outcome.seconds}
+        self.store.append(event)
+        self._note_result(event)
+
+    def _checkpoint(self) -> dict[str, Any]:
+        """Save the searcher's state (right after a tell) and the archive; return the archive."""
+        self.store.save_checkpoint(self.searcher.state_dict())
         archive = self.archive()
         self.store.save_archive(archive)
         return archive
-
-    def _evaluate(self, vectors: np.ndarray) -> None:
-        if len(vectors) == 0:
-            return
-        start = time.perf_counter()
-        values, errors = self.evaluate(vectors)
-        seconds = (time.perf_counter() - start) / len(vectors)
-        configs = self.space.decode(vectors)
-        for i, (vector, config) in enumerate(zip(vectors, configs)):
-            event = {"type": "result", "n": len(self.store.results()) + 1, "vector": vector.tolist(),
-                     "config": config, "values": {k: _json_float(v[i]) for k, v in values.items()},
-                     "status": "failed" if errors[i] else "ok", "error": errors[i], "seconds": seconds}
-            self.store.append(event)
-            self.cache[self._key(vector)] = event
-
-    def evaluate(self, vectors: np.ndarray) -> tuple[dict[str, np.ndarray], list[str | None]]:
-        """Every objective and constraint value of a batch; a failing candidate gets its error message."""
-        values = {name: np.full(len(vectors), np.nan) for name in self.measures}
-        errors: list[str | None] = [None] * len(vectors)
-        for name, measure in self.measures.items():
-            try:
-                values[name] = np.asarray(measure.evaluate(vectors), dtype=float)
-            except NasError:
-                raise
-            except Exception:                       # isolate the candidates that fail
-                for i in range(len(vectors)):
-                    if errors[i]:
-                        continue
-                    try:
-                        values[name][i] = float(measure.evaluate(vectors[i:i + 1])[0])
-                    except Exception as exc:
-                        errors[i] = f"{name}: {type(exc).__name__}: {exc}"
-        return values, errors
 
     def _tell(self, vectors: np.ndarray) -> None:
         events = [self.cache[self._key(v)] for v in vectors]
@@ -279,6 +321,26 @@ class Search:
         return self.space.canonical(np.asarray(vector, dtype=np.int64)).tobytes()
 
 
+def build_measures(config: dict[str, Any], run: Path | None = None,
+                   space: search_spaces.SearchSpace | None = None) -> dict[str, Objective]:
+    """Every objective of a run's ``config``, then every measure only a constraint names, by name.
+
+    ``Search`` and every remote worker (``nas.executors``) build theirs with it, once per process.
+
+    Args:
+        config: the run's configuration (``config.json``).
+        run: the run folder, in which relative latency predictor paths are; ``None`` for none.
+        space: the space opened from ``config`` already, to save opening it again.
+    """
+    search = SearchConfig.from_dict(config)
+    space = open_space(search) if space is None else space
+    local = {d: str(run / f) if run is not None and not Path(f).is_absolute() else f
+             for d, f in search.latency_predictors.items()}
+    context = Context(space, search.devices_file, local, search.supernet, search.data)
+    names = [*search.objectives, *(parse_constraint(c).name for c in search.constraints)]
+    return {name: resolve(name, context) for name in dict.fromkeys(names)}
+
+
 def open_space(config: SearchConfig) -> search_spaces.SearchSpace:
     """The search's space: built from its options, or loaded from its trained supernet checkpoint."""
     if config.supernet is None:
@@ -296,7 +358,7 @@ def open_space(config: SearchConfig) -> search_spaces.SearchSpace:
     return space
 
 
-def _with_supernet(config: SearchConfig) -> None:
+def with_supernet(config: SearchConfig) -> None:
     """Fill in the supernet's absolute path, fingerprint, space options and training data."""
     from search_spaces.checkpoint import file_sha256, read_checkpoint
 
@@ -306,6 +368,15 @@ def _with_supernet(config: SearchConfig) -> None:
     config.space_options = {**stored.get("options", {}), **config.space_options}
     trained = stored.get("meta", {}).get("trained", {})
     config.data = config.data or trained.get("data", {}).get("spec")
+
+
+def _voided_asks(events: list[dict[str, Any]]) -> set[int]:
+    """Indices of the asks a ``diverged`` event voided: every ask from its ``at`` up to itself."""
+    void: set[int] = set()
+    for index, event in enumerate(events):
+        if event["type"] == "diverged":
+            void.update(i for i in range(event["at"], index) if events[i]["type"] == "ask")
+    return void
 
 
 def _value(event: dict[str, Any], name: str) -> float:
@@ -318,27 +389,39 @@ def _json_float(value: float) -> float | None:
 
 
 # ---------------------------------------------------------------------- entry points
-def start_search(run: str | Path, config: SearchConfig, progress: Progress | None = None) -> tuple[RunStore, dict]:
-    """Create the run folder and search to the budget. Bad configurations fail before anything is written."""
+def start_search(run: str | Path, config: SearchConfig, progress: Progress | None = None,
+                 executor: Executor | None = None) -> tuple[RunStore, dict]:
+    """Create the run folder and search to the budget. Bad configurations fail before anything is written.
+
+    ``executor`` (not started; by default in this process) is started before the run folder is made,
+    so an executor that cannot evaluate writes nothing either, and closed at the end.
+    """
     config.validate()
     if config.supernet is not None:
-        _with_supernet(config)
-    Search(config.to_dict()).check_budgets()              # resolve everything first: errors write nothing
-    sources = dict(config.latency_predictors)
-    config.latency_predictors = {d: f"predictors/latency@{d}.npz" for d in sources}   # the run keeps its copies
-    store = RunStore.create(run, config.to_dict())
-    for device, source in sources.items():
-        (store.path / "predictors").mkdir(exist_ok=True)
-        shutil.copyfile(source, store.path / config.latency_predictors[device])
-    try:
-        return store, Search(store.config, store).run(progress)
-    finally:
-        store.close()
+        with_supernet(config)
+    first = Search(config.to_dict())                      # resolve everything first: errors write nothing
+    first.check_budgets()
+    with executor or executors.create("in-process") as evaluator:
+        evaluator.start(config.to_dict(), None, first.measures)
+        sources = dict(config.latency_predictors)
+        config.latency_predictors = {d: f"predictors/latency@{d}.npz" for d in sources}   # the run keeps copies
+        store = RunStore.create(run, config.to_dict())
+        for device, source in sources.items():
+            (store.path / "predictors").mkdir(exist_ok=True)
+            shutil.copyfile(source, store.path / config.latency_predictors[device])
+        try:
+            return store, Search(store.config, store).run(progress, evaluator)
+        finally:
+            store.close()
 
 
 def resume_search(run: str | Path, evaluations: int | None = None, progress: Progress | None = None,
-                  expect: dict[str, Any] | None = None) -> tuple[RunStore, dict]:
-    """Continue the run at ``run`` to its budget, or to ``evaluations`` if that is larger."""
+                  expect: dict[str, Any] | None = None, executor: Executor | None = None) -> tuple[RunStore, dict]:
+    """Continue the run at ``run`` to its budget, or to ``evaluations`` if that is larger.
+
+    ``executor`` (not started; by default in this process) may differ from the one the run began
+    with; it is started before anything is evaluated and closed at the end.
+    """
     store = RunStore.open(run)
     try:
         differences = [k for k, v in (expect or {}).items() if v is not None and store.config.get(k) != v]
@@ -352,11 +435,14 @@ def resume_search(run: str | Path, evaluations: int | None = None, progress: Pro
                 raise ConfigError(f"--evaluations must be a positive number; got {evaluations}")
             if evaluations < done:
                 raise RunError(f"{run} already holds {done} evaluations; --evaluations must be at least that")
-            if evaluations != store.budget():
-                store.append({"type": "budget", "evaluations": evaluations})
         elif done >= store.budget():
             raise RunError(f"{run} is finished ({done} of {store.budget()} evaluations); "
                            "pass a larger --evaluations to continue it")
-        return store, Search(store.config, store).run(progress)
+        search = Search(store.config, store)
+        with executor or executors.create("in-process") as evaluator:
+            evaluator.start(store.config, store.path, search.measures)      # refused: the log is untouched
+            if evaluations is not None and evaluations != store.budget():
+                store.append({"type": "budget", "evaluations": evaluations})
+            return store, search.run(progress, evaluator)
     finally:
         store.close()

@@ -23,6 +23,23 @@ def _latency_predictors(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
+RAY_HELP = "Evaluate on Ray workers: local (a Ray instance for this search), auto (the running cluster) or HOST:PORT."
+
+
+def _executor(ray: str | None, workers: int | None, cpus_per_eval: float | None, gpus_per_eval: float | None,
+              retries: int | None):
+    """The Ray executor the options ask for, or ``None`` to evaluate in this process."""
+    given = {k: v for k, v in {"workers": workers, "cpus_per_eval": cpus_per_eval, "gpus_per_eval": gpus_per_eval,
+                               "retries": retries}.items() if v is not None}
+    if ray is None:
+        if given:
+            raise ConfigError(f"--{next(iter(given)).replace('_', '-')} needs --ray (local, auto or HOST:PORT)")
+        return None
+    from nas import executors
+
+    return executors.create("ray", address=ray, **given)
+
+
 class _Bar:
     """A progress bar (evaluations done, best feasible value, hypervolume), shown from the first batch
     on, so that a configuration refused before the search starts prints only its error."""
@@ -59,7 +76,12 @@ def search(space: str = typer.Option(..., help="Search space (nas spaces list)."
            latency_predictor: list[str] = typer.Option(None, help="DEVICE=FILE: use a predictor for latency@DEVICE."),
            devices: Path = typer.Option(None, "--devices", help=DEVICES_HELP),
            supernet: Path = typer.Option(None, help="Trained supernet (nas train): its weights and accuracy."),
-           data: str = typer.Option(None, help="Data for accuracy (default: what the supernet was trained on).")) -> None:
+           data: str = typer.Option(None, help="Data for accuracy (default: what the supernet was trained on)."),
+           ray: str = typer.Option(None, "--ray", help=RAY_HELP),
+           workers: int = typer.Option(None, help="Ray workers (default: as many as the cluster holds)."),
+           cpus_per_eval: float = typer.Option(None, help="CPUs of each Ray worker (default 1)."),
+           gpus_per_eval: float = typer.Option(None, help="GPUs of each Ray worker (default 0)."),
+           retries: int = typer.Option(None, help="Re-issues of a candidate whose Ray worker died (default 2).")) -> None:
     """Search SPACE for the Pareto front of OBJECTIVES within the constraints."""
     from nas.objectives import parse_objective_names
     from nas.search import SearchConfig, start_search
@@ -70,24 +92,55 @@ def search(space: str = typer.Option(..., help="Search space (nas spaces list)."
                           devices_file=str(devices.resolve()) if devices else None,
                           latency_predictors=_latency_predictors(latency_predictor),
                           supernet=str(supernet) if supernet else None, data=data)
+    executor = _executor(ray, workers, cpus_per_eval, gpus_per_eval, retries)
     with _Bar() as bar:
-        store, archive = start_search(run, config, bar)
+        store, archive = start_search(run, config, bar, executor)
     _print_summary(store.path, archive)
+
+
+@app.command()
+def select(space: str = typer.Option(..., help="A space with nested sub-models (sortednet_cnn, ...)."),
+           constraint: list[str] = typer.Option(..., help='Budget, e.g. "macs<=2M" (repeatable).'),
+           supernet: Path = typer.Option(None, help="Trained supernet: also measure the chosen sub-model."),
+           data: str = typer.Option(None, help="Data for the task metric (default: the supernet's)."),
+           option: list[str] = typer.Option(None, "-o", "--option", help=OPTION_HELP),
+           latency_predictor: list[str] = typer.Option(None, help="DEVICE=FILE: use a predictor for latency@DEVICE."),
+           devices: Path = typer.Option(None, "--devices", help=DEVICES_HELP)) -> None:
+    """Search-free selection: the largest sub-model of the nested order that meets every budget."""
+    from nas.search import SearchConfig, with_supernet
+    from nas.select import select_nested
+
+    config = SearchConfig(space=space, objectives=[], evaluations=1, space_options=parse_options(option),
+                          constraints=list(constraint), devices_file=str(devices.resolve()) if devices else None,
+                          latency_predictors=_latency_predictors(latency_predictor),
+                          supernet=str(supernet) if supernet else None, data=data)
+    if config.supernet is not None:
+        with_supernet(config)
+    chosen = select_nested(config)
+    values = ", ".join(f"{k} {v:.4g}" for k, v in chosen["values"].items())
+    console.print(f"sub-model {chosen['position']} of {chosen['chain_length']} in the nested order: {values}")
+    console.print(f"config: {json.dumps(chosen['config'], separators=(',', ':'))}")
 
 
 @app.command()
 def resume(run: Path, evaluations: int = typer.Option(None, help="New, larger budget."),
            space: str = typer.Option(None, help="Refuse to resume unless the run searches this space."),
            searcher: str = typer.Option(None, help="Refuse to resume unless the run uses this searcher."),
-           objectives: str = typer.Option(None, help="Refuse to resume unless the run has these objectives.")) -> None:
+           objectives: str = typer.Option(None, help="Refuse to resume unless the run has these objectives."),
+           ray: str = typer.Option(None, "--ray", help=RAY_HELP),
+           workers: int = typer.Option(None, help="Ray workers (default: as many as the cluster holds)."),
+           cpus_per_eval: float = typer.Option(None, help="CPUs of each Ray worker (default 1)."),
+           gpus_per_eval: float = typer.Option(None, help="GPUs of each Ray worker (default 0)."),
+           retries: int = typer.Option(None, help="Re-issues of a candidate whose Ray worker died (default 2).")) -> None:
     """Continue the search in RUN where it stopped (to its budget or a larger --evaluations)."""
     from nas.objectives import parse_objective_names
     from nas.search import resume_search
 
     expect = {"space": space, "searcher": searcher,
               "objectives": parse_objective_names(objectives) if objectives else None}
+    executor = _executor(ray, workers, cpus_per_eval, gpus_per_eval, retries)
     with _Bar() as bar:
-        store, archive = resume_search(run, evaluations, bar, expect)
+        store, archive = resume_search(run, evaluations, bar, expect, executor)
     _print_summary(store.path, archive)
 
 
