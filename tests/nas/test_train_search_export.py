@@ -51,7 +51,7 @@ def test_train_resume_is_a_no_op_when_finished_and_refuses_changes(trained, caps
     (["--data", "digits", "--resolutions", "16,24"], "resolutions must be >= 32"),
     (["--data", "digits", "--method", "bignas"], "unknown training method"),
     (["--data", "digits", "--set", "lr=-1"], "lr must be > 0"),
-    (["--data", "digits", "-o", "n_classes=5"], "has 10 classes"),
+    (["--data", "digits", "-o", "n_classes=5"], "which has n_classes=10"),
 ])
 def test_train_user_errors(args, message, tmp_path, capsys):
     code, _, err = run(["train", "ofa_mbv3", "--out", str(tmp_path / "t"), *args], capsys)
@@ -101,3 +101,20 @@ def test_search_accuracy_needs_a_matching_unchanged_supernet(trained, tmp_path, 
         fh.write(b"\0")                                              # the checkpoint changes under the run
     code, _, err = run(["resume", str(tmp_path / "d"), "--evaluations", "3"], capsys)
     assert code == 2 and "changed since this search started" in err
+
+
+def test_sorted_training_and_search_free_selection(tiny_digits, tmp_path, capsys):
+    out = tmp_path / "sorted"
+    code, stdout, err = run(["train", "sortednet_cnn", "--data", tiny_digits, "--method", "sorted", "--epochs", "2",
+                             "--out", str(out), "-o", "resolution=8", "-o", "widths=[8,16]", "-o",
+                             "depth_grid=[1,2]", "-o", "width_grid=[0.5,1.0]", *SETTINGS], capsys)
+    assert code == 0, err
+    code, stdout, err = run(["select", "--space", "sortednet_cnn", "--supernet", str(out / "supernet.pt"),
+                             "--constraint", "macs<=100K"], capsys)
+    assert code == 0, err
+    assert "in the nested order" in stdout and "accuracy" in stdout
+    code, _, err = run(["select", "--space", "sortednet_cnn", "--supernet", str(out / "supernet.pt"),
+                        "--constraint", "macs<=1K"], capsys)
+    assert code == 2 and "the smallest sub-model has" in err
+    code, _, err = run(["select", "--space", "ofa_mbv3", "--constraint", "macs<=1M"], capsys)
+    assert code == 2 and "no nested order" in err
