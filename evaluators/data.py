@@ -20,7 +20,6 @@ shift, optional horizontal flip, at the requested size, vectorised over the batc
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -394,7 +393,3 @@ def _imagenet(argument: str, image_size: int | None) -> Data:
     data.spec = f"imagenet:{root}"
     return data
 
-
-def steps_per_epoch(split: Split, batch_size: int) -> int:
-    """Optimiser steps in one epoch of ``split`` (the last, partial batch dropped unless it is the only one)."""
-    return max(1, math.floor(len(split) / batch_size))

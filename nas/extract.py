@@ -15,7 +15,7 @@ Spaces without weights (``nb201``) get the card and the architecture only.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ class ExportOptions:
     runs: int = 30
     rounds: int = 3
     calib_images: int = 500
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         unknown = sorted(set(self.formats) - set(FORMATS))
@@ -84,7 +83,7 @@ def export_subnet(run: str | Path, n: int | None = None, out: str | Path | None 
         "run": str(store.path), "evaluation": event["n"], "space": space.name, "space_options": space.options,
         "config": subnet, "search_values": event["values"], "macs": int(space.macs(vector)[0]),
         "params": int(space.params(vector)[0]), "supernet": config.supernet,
-        "supernet_sha256": config.supernet_sha256, "files": {}, **options.extra,
+        "supernet_sha256": config.supernet_sha256, "files": {},
     }
     if config.supernet is None:
         card["note"] = f"{space.name} subnets have no trained weights here: the card and architecture only"
@@ -93,9 +92,9 @@ def export_subnet(run: str | Path, n: int | None = None, out: str | Path | None 
         card["files"]["config"] = str(out / "config.json")
         _write_json(out / "card.json", card)
         return card
-    model, data = _calibrated_model(space, config, subnet, options)
+    model, test = _calibrated_model(space, config, subnet, options)
     x = space.example_input(subnet)
-    card["test_accuracy"] = _test_accuracy(space, model, data, subnet)
+    card["test_accuracy"] = test.model_accuracy(model, space.input_size(subnet))
     card["latency"] = _measure(model, x, options)
     out.mkdir(parents=True, exist_ok=True)
     card["files"] = _write_formats(model, x, subnet, out, options.formats)
@@ -115,10 +114,6 @@ def _calibrated_model(space, config: SearchConfig, subnet: dict, options: Export
     evaluator = SubnetAccuracy(space, data, "test", calib_images=options.calib_images)
     space.recalibrate_bn(subnet, evaluator.calibration_batches(space.input_size(subnet)))
     return space.extract(subnet).eval(), evaluator
-
-
-def _test_accuracy(space, model: torch.nn.Module, evaluator, subnet: dict) -> float:
-    return evaluator.model_accuracy(model, space.input_size(subnet))
 
 
 def _measure(model: torch.nn.Module, x: torch.Tensor, options: ExportOptions) -> dict[str, Any]:
