@@ -120,6 +120,26 @@ def test_missing_gpus_and_workers_that_cannot_import_nas_are_refused_before_eval
     assert [e["n"] for e in _results(run)] == list(range(1, 9))
 
 
+def test_two_workers_measure_accuracy_on_the_trained_digits_supernet(ray_local, tiny_digits, tiny_ofa, tmp_path):
+    from evaluators.accuracy import SubnetAccuracy
+    from evaluators.data import load_data
+    from search_spaces.checkpoint import load_supernet
+    from search_spaces.training import TrainConfig, Trainer
+
+    train = TrainConfig(space_options=tiny_ofa, data=tiny_digits, method="full", epochs=2, batch_size=16,
+                        calib_images=40)
+    Trainer.start(search_spaces.get("ofa_mbv3", **tiny_ofa), load_data(tiny_digits), train, tmp_path / "sn").run()
+    config = SearchConfig(space="ofa_mbv3", objectives=["accuracy", "macs"], evaluations=6, searcher="random",
+                          batch=3, supernet=str(tmp_path / "sn" / "supernet.pt"))
+    start_search(tmp_path / "run", config, executor=_on_this_connection(workers=2))
+    results = _results(tmp_path / "run")
+    assert len(results) == 6 and all(e["status"] == "ok" for e in results)
+    # each worker loaded the supernet and data once; their accuracies equal an evaluation in this process
+    space = load_supernet(tmp_path / "sn" / "supernet.pt")
+    here = SubnetAccuracy(space, load_data(tiny_digits), "val").vectors(np.array([e["vector"] for e in results]))
+    np.testing.assert_allclose([e["values"]["accuracy"] for e in results], here)
+
+
 # ---------------------------------------------------------------------- a 2-node local cluster
 def _free_port() -> int:
     with socket.socket() as s:
