@@ -298,8 +298,7 @@ class Search:
         front = idx[non_dominated(f[idx])]
         front = front[np.argsort(f[front, 0])]
         out["front"] = [results[i]["n"] for i in front]
-        best = idx[np.nanargmin(f[idx, 0])]
-        out["best"] = results[best]["n"]
+        out["best"] = out["front"][0]      # the best first objective; ties go to the one that dominates
         out["hypervolume"] = self.normalised_hypervolume(f[idx])
         return out
 

@@ -39,7 +39,10 @@ def test_search_respects_the_budget_and_reports_the_feasible_front(tmp_path):
     latency = np.array([e["values"]["latency@pixel3"] for e in results])
     accuracy = np.array([e["values"]["accuracy"] for e in results])
     feasible = latency <= 10
-    assert archive["best"] == results[int(np.flatnonzero(feasible)[np.argmax(accuracy[feasible])])]["n"]
+    best = next(e for e in results if e["n"] == archive["best"])
+    assert best["values"]["accuracy"] == accuracy[feasible].max() and archive["best"] in archive["front"]
+    ties = feasible & (accuracy == accuracy[feasible].max())
+    assert best["values"]["latency@pixel3"] == latency[ties].min()      # among equals, the fastest
     front = [e for e in results if e["n"] in archive["front"]]
     for e in front:                                   # feasible and not dominated by any feasible result
         assert e["values"]["latency@pixel3"] <= 10
