@@ -13,7 +13,20 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from evaluators.data import Data, load_data
+from nas.errors import ConfigError
 from search_spaces.base import Config, SearchSpace
+from search_spaces.training import ChoiceSampler
+
+
+def data_for(space: SearchSpace, spec: str, supernet: str | None = None) -> Data:
+    """The data ``spec`` stored at the space's largest input size, refused if its classes do not match
+    those the (trained) space classifies."""
+    data = load_data(spec, image_size=space.input_size(ChoiceSampler(space, {}).largest()))
+    if space.options.get("n_classes", data.n_classes) != data.n_classes:
+        raise ConfigError(f"data {spec!r} has {data.n_classes} classes but the supernet "
+                          f"{supernet or space.name} classifies {space.options['n_classes']}")
+    return data
 
 
 def top1(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:

@@ -104,13 +104,11 @@ def export_subnet(run: str | Path, n: int | None = None, out: str | Path | None 
 
 def _calibrated_model(space, config: SearchConfig, subnet: dict, options: ExportOptions):
     """The subnet extracted after re-estimating its BatchNorm statistics on training images."""
-    from evaluators.accuracy import SubnetAccuracy
-    from evaluators.data import load_data
-    from search_spaces.training import ChoiceSampler
+    from evaluators.accuracy import SubnetAccuracy, data_for
 
     if config.data is None:
         raise ConfigError(f"the search does not say which data {config.supernet} was trained on")
-    data = load_data(config.data, image_size=space.input_size(ChoiceSampler(space, {}).largest()))
+    data = data_for(space, config.data, config.supernet)
     evaluator = SubnetAccuracy(space, data, "test", calib_images=options.calib_images)
     space.recalibrate_bn(subnet, evaluator.calibration_batches(space.input_size(subnet)))
     return space.extract(subnet).eval(), evaluator

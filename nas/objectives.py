@@ -125,9 +125,7 @@ def resolve(name: str, context: Context) -> Objective:
 @register_metric_source("accuracy")
 def _supernet_accuracy(context: Context) -> Evaluate:
     """Validation top-1 of each subnet of the trained supernet, BatchNorm re-calibrated per subnet."""
-    from evaluators.accuracy import SubnetAccuracy
-    from evaluators.data import load_data
-    from search_spaces.training import ChoiceSampler
+    from evaluators.accuracy import SubnetAccuracy, data_for
 
     space = context.space
     if context.supernet is None:
@@ -135,10 +133,7 @@ def _supernet_accuracy(context: Context) -> Evaluate:
                           f"--supernet FILE (train one with `nas train {space.name} --data digits --out DIR`)")
     if context.data is None:
         raise ConfigError(f"{context.supernet} does not say which data it was trained on: pass --data")
-    data = load_data(context.data, image_size=space.input_size(ChoiceSampler(space, {}).largest()))
-    if space.options.get("n_classes", data.n_classes) != data.n_classes:
-        raise ConfigError(f"data {context.data!r} has {data.n_classes} classes but the supernet "
-                          f"{context.supernet} classifies {space.options['n_classes']}")
+    data = data_for(space, context.data, context.supernet)
     return SubnetAccuracy(space, data, "val").vectors
 
 

@@ -245,11 +245,8 @@ class Trainer:
         try:
             self.net.load_state_dict(state["supernet"])
             if state["teacher"] is not None:
-                self.space.activate(self.largest)
-                self.teacher = copy.deepcopy(self.net).eval()
+                self.teacher = self._frozen_teacher()
                 self.teacher.load_state_dict(state["teacher"])
-                for p in self.teacher.parameters():
-                    p.requires_grad_(False)
             self.position, self.history = dict(state["position"]), list(state["history"])
             if state["optimizer"] is not None:
                 self.optimizer = self._optimizer()
