@@ -1,41 +1,56 @@
 """``nas train``: train a supernet on a dataset, into a run folder; resume it after an interruption.
 
-Wires the three parts together: the data (:mod:`evaluators.data`), the space and its trainer
-(:mod:`search_spaces.training`), and validation of the smallest and largest subnets after every phase
-(:mod:`evaluators.accuracy`). The result is ``OUT/supernet.pt``, which ``nas search --supernet`` takes.
+Two kinds of run share the command. Weight-sharing training (``ps``, ``deps``, ``full``, ``sorted``...:
+:mod:`search_spaces.training.trainer`) samples subnets and validates the smallest and largest after
+every phase (:mod:`evaluators.accuracy`); its result is ``OUT/supernet.pt``, which ``nas search
+--supernet`` takes. Differentiable searches (``dass``, ``darts``, ``quantnas``...:
+:mod:`search_spaces.training.bilevel`) train architecture parameters beside the weights and write the
+derived architecture to ``OUT/derived.json``. The method decides which; a space without a ``--method``
+gets its own default (:attr:`SearchSpace.training_method`).
 """
 
 from __future__ import annotations
 
-import inspect
+import json
 from pathlib import Path
 from typing import Any
 
 import search_spaces
 from evaluators.accuracy import SubnetAccuracy
-from evaluators.data import Data, load_data
+from evaluators.data import Data
+from evaluators.tasks import space_and_data, space_and_task
 from nas.errors import ConfigError
-from search_spaces.training import ChoiceSampler, TrainConfig, Trainer, stored_config
+from search_spaces.training import TrainConfig, Trainer, stored_config
+from search_spaces.training.bilevel import BilevelConfig, BilevelSearch, recipe_names, stored_bilevel_config
 from search_spaces.training.trainer import refuse_changes
 
 
 def prepare(config: TrainConfig) -> tuple[search_spaces.SearchSpace, Data]:
     """The space (``n_classes`` taken from the data unless given) and its data at the largest input size."""
-    options = dict(config.space_options)
-    space_class = search_spaces.space_class(config.space)
-    probe = search_spaces.get(config.space, **options)            # the input size does not depend on the data
-    size = probe.input_size(ChoiceSampler(probe, {}).largest())
-    data = load_data(config.data, image_size=size)
-    accepted = inspect.signature(space_class.__init__).parameters
-    for key, value in data.implied_options().items():
-        if key not in accepted:
-            continue
-        if key in options and options[key] != value:
-            raise ConfigError(f"space option {key}={options[key]} does not fit data {config.data!r}, which has "
-                              f"{key}={value}; drop the option or set it to {value}")
-        options.setdefault(key, value)
-    config.space_options = options
-    return search_spaces.get(config.space, **options), data
+    return space_and_data(config)
+
+
+def default_method(space: str) -> str:
+    """The training method of ``space`` when none is given."""
+    method = search_spaces.space_class(space).training_method
+    if method is None:
+        raise ConfigError(f"space {space!r} has no supernet to train (its metric comes from a table)")
+    return method
+
+
+def is_differentiable(method: str) -> bool:
+    return method in recipe_names()
+
+
+def stored_runner(out: str | Path) -> str:
+    """``"bilevel"`` for a differentiable search in ``out``, ``"trainer"`` for weight-sharing training."""
+    path = Path(out) / "train.json"
+    if not path.is_file():
+        raise ConfigError(f"{out} holds no training run (no train.json); start one without --resume")
+    try:
+        return json.loads(path.read_text()).get("runner", "trainer")
+    except (ValueError, AttributeError):
+        raise ConfigError(f"{path} is not a valid training run file; start a new run in another --out") from None
 
 
 def train(config: TrainConfig, out: str | Path, progress=None, resume: bool = False,
@@ -57,3 +72,20 @@ def train(config: TrainConfig, out: str | Path, progress=None, resume: bool = Fa
         trainer = Trainer.start(space, data, config, out, validate, progress)
     trainer.run()
     return trainer
+
+
+def search_differentiable(config: BilevelConfig, out: str | Path, progress=None, resume: bool = False,
+                          changes: dict[str, Any] | None = None) -> BilevelSearch:
+    """Start (or continue) the differentiable search in ``out`` and run it to the end; as :func:`train`."""
+    if resume:
+        config = stored_bilevel_config(out)
+        refuse_changes(out, config, changes or {})
+    config.validate()
+    space, task = space_and_task(config)
+    if resume:
+        search = BilevelSearch.resume(space, task, out, progress)
+    else:
+        search = BilevelSearch.start(space, task, config, out, progress)
+    search.run()
+    return search
+

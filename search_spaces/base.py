@@ -77,6 +77,8 @@ class SearchSpace(abc.ABC):
     costs: ClassVar[tuple[str, ...]] = ("macs", "params")
     #: Whether ``metric_table`` looks the task metric up in a table of trained networks (tabular spaces).
     has_metric_table: ClassVar[bool] = False
+    #: The ``nas train`` method used when none is given (``None``: the space has no supernet to train).
+    training_method: ClassVar[str | None] = None
     #: Options for a small instance that builds in well under a second: tests, demos, docs.
     small_options: ClassVar[dict[str, Any]] = {}
 

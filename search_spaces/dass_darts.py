@@ -65,6 +65,7 @@ class DassDartsSpace(SearchSpace):
     """DARTS normal and reduction cells (4 nodes, 2 inputs each) with sparse convolutions and per-cell sparsity."""
 
     costs = ("macs", "params", "nonzero_macs", "nonzero_params")
+    training_method = "dass"
     small_options = {"C": 4, "layers": 3, "resolution": 8}
 
     def __init__(self, C: int = 16, layers: int = 8, n_classes: int = 10, ops=DARTS_OPS,

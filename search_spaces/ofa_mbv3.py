@@ -37,6 +37,7 @@ class OFAMobileNetV3Space(SearchSpace):
     """Elastic kernel {3,5,7}, expand ratio {3,4,6}, depth {2,3,4} and resolution (128..224 step 4)."""
 
     small_options = {"n_classes": 10, "width_mult": 0.25, "resolutions": [32, 36, 40]}
+    training_method = "ps"
 
     def __init__(self, n_classes: int = 1000, width_mult: float = 1.0, ks_list=(3, 5, 7),
                  expand_ratio_list=(3, 4, 6), depth_list=(2, 3, 4), resolutions=tuple(range(128, 225, 4)),

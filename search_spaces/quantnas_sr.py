@@ -136,6 +136,7 @@ class QuantNASSRSpace(SearchSpace):
 
     metric: ClassVar[Metric] = Metric("psnr", "max", "dB")
     costs: ClassVar[tuple[str, ...]] = ("macs", "params", "bitops")
+    training_method: ClassVar[str | None] = "quantnas"
     small_options: ClassVar[dict[str, Any]] = {"scale": 2, "channels": 12, "cells": 1, "layers": 2,
                                                "ops": ["conv1x1", "conv3x3", "growth3x3", "gconv3x3"],
                                                "bits": [4, 8], "lr_size": 16}

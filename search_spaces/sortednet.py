@@ -130,6 +130,8 @@ class SortedSpace(SearchSpace):
     that belongs to a block or layer, else ``None``) and ``layer_specs``; they build the networks.
     """
 
+    training_method = "sorted"
+
     @property
     @abc.abstractmethod
     def gene_depth(self) -> list[DepthLink | None]:

@@ -123,7 +123,7 @@ def build_phases(space: SearchSpace, config: TrainConfig) -> tuple[list[Phase], 
     return [p for p in phases if p.epochs > 0], kd
 
 
-def _share(total: int, fractions: list[float]) -> list[int]:
+def share_epochs(total: int, fractions: list[float]) -> list[int]:
     """Split ``total`` epochs over phases in proportion to ``fractions``, each phase at least one epoch
     (largest remainders get the spare epochs), so the phases add up to exactly ``total``."""
     if total < len(fractions):
@@ -159,7 +159,7 @@ def progressive_shrinking(space: SearchSpace, config: TrainConfig) -> tuple[list
         raise ConfigError(f"progressive shrinking needs an OFA-style space (elastic ks, e, d); {space.name} is "
                           "not one: use --method deps or full")
     es, ds = space.expand_ratio_list, space.depth_list
-    epochs = dict(zip(PS_SHARES, _share(config.epochs, list(PS_SHARES.values()))))
+    epochs = dict(zip(PS_SHARES, share_epochs(config.epochs, list(PS_SHARES.values()))))
 
     def phase(name: str, subnets: int, **choices) -> Phase:
         return Phase(name, epochs[name], config.lr * PS_LR[name], choices=choices, subnets=subnets)
