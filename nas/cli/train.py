@@ -132,7 +132,7 @@ def _training_job(space: str, space_options: dict, settings: dict, out: Path, re
 
 def _differentiable_job(space: str, space_options: dict, settings: dict, out: Path, resume: bool):
     from nas.train import search_differentiable
-    from search_spaces.training.bilevel import BilevelConfig, stored_bilevel_config
+    from search_spaces.training.bilevel import config_for, stored_bilevel_config
 
     if resume:
         stored = stored_bilevel_config(out)
@@ -142,7 +142,7 @@ def _differentiable_job(space: str, space_options: dict, settings: dict, out: Pa
         if "options" in settings:
             settings["options"] = {**stored.options, **settings["options"]}
         return _run(lambda bars: search_differentiable(stored, out, bars, resume=True, changes=settings))
-    search_config = BilevelConfig.from_dict({**settings, "space": space, "space_options": space_options})
+    search_config = config_for({**settings, "space": space, "space_options": space_options})
     return _run(lambda bars: search_differentiable(search_config, out, bars))
 
 

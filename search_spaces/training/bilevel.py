@@ -158,10 +158,12 @@ class Recipe:
     """What one differentiable method searches; subclasses are registered with :func:`register_recipe`.
 
     ``options`` names the method-specific settings (key → default) the recipe accepts in
-    ``config.options``; anything else is refused.
+    ``config.options``; anything else is refused. ``defaults`` are the method's own values of
+    :class:`BilevelConfig` fields (its optimiser, learning rates, data), used where the user set none.
     """
 
     options: ClassVar[dict[str, Any]] = {}
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, space: SearchSpace, config: BilevelConfig):
         unknown = sorted(set(config.options) - set(self.options))
@@ -215,11 +217,21 @@ def recipe_names() -> list[str]:
     return sorted(_RECIPES)
 
 
-def make_recipe(space: SearchSpace, config: BilevelConfig) -> Recipe:
-    if config.method not in _RECIPES:
-        raise ConfigError(f"unknown differentiable search method {config.method!r}; known: "
+def _recipe_class(method: str) -> type[Recipe]:
+    if method not in _RECIPES:
+        raise ConfigError(f"unknown differentiable search method {method!r}; known: "
                           f"{', '.join(recipe_names()) or 'none'}")
-    return _RECIPES[config.method](space, config)
+    return _RECIPES[method]
+
+
+def make_recipe(space: SearchSpace, config: BilevelConfig) -> Recipe:
+    return _recipe_class(config.method)(space, config)
+
+
+def config_for(settings: dict[str, Any]) -> BilevelConfig:
+    """The config of ``settings`` (which must name the ``method``), the method's defaults filling in
+    what the settings leave out."""
+    return BilevelConfig.from_dict({**_recipe_class(settings["method"]).defaults, **settings})
 
 
 class BilevelSearch:
