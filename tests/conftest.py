@@ -39,3 +39,17 @@ def tiny_ofa():
     """Options of a small OFA-MBv3 (10 classes) that trains in seconds on ``tiny_digits``."""
     return {"n_classes": 10, "width_mult": 0.25, "ks_list": [3, 5], "expand_ratio_list": [3, 4],
             "depth_list": [1, 2], "resolutions": [32, 36]}
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(argv) -> (exit code, stdout, stderr)`` of the ``nas`` command line, run in-process."""
+    from nas.cli import main
+
+    def run(argv):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        out, err = capsys.readouterr()
+        return exit_info.value.code or 0, out, err
+
+    return run
