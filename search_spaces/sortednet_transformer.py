@@ -168,7 +168,9 @@ class SortedTransformerSpace(SortedSpace):
         return torch.randint(0, self._options["vocab_size"], (batch, self._options["max_len"]), generator=generator)
 
     def recalibrate_bn(self, config: Config, batches) -> None:
-        """Nothing to do: the encoder normalises with LayerNorm, which keeps no running statistics."""
+        """Only activate ``config``: the encoder normalises with LayerNorm, which keeps no running
+        statistics, so there is nothing to re-estimate (and no forward pass to spend on it)."""
+        self.activate(config)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

@@ -103,6 +103,19 @@ def test_bn_recalibration_keeps_the_sub_model_equal_to_its_extraction(cnn):
         assert torch.allclose(cnn.extract(config)(x), cnn.supernet(x), atol=1e-5)
 
 
+def test_recalibration_activates_the_sub_model_it_is_given(space):
+    """Validation re-calibrates each sub-model, then evaluates the supernet as it stands: re-calibration
+    must leave that sub-model active (the encoder has no BatchNorm, but still must switch)."""
+    _randomise(space.supernet, seed=7)
+    small = space.min_config()
+    space.activate(space.max_config())
+    space.recalibrate_bn(small, [space.example_input(small, 8)])
+    space.supernet.eval()
+    x = space.example_input(small, 2)
+    with torch.no_grad():
+        assert torch.allclose(space.extract(small).eval()(x), space.supernet(x), atol=1e-5)
+
+
 def test_images_are_resized_to_the_resolution_and_sequences_kept(cnn, transformer):
     assert cnn.input_size(cnn.min_config()) == 8 and transformer.input_size(transformer.min_config()) is None
 
