@@ -10,17 +10,29 @@ A device says how its latency is obtained:
 
 Built-ins: ``cpu`` (torch, 1 thread), ``cpu-ort`` (ONNX Runtime, 1 thread), ``cuda``/``cuda:N`` when
 torch sees a GPU, ``note10`` (OFA's Note10 tables, OFA-MBv3 w1.2), and one ``table`` device per latency
-column of every tabular space (``pixel3``, ``raspi4``, ... of ``nb201``). A YAML file adds or overrides
-devices::
+column of every tabular space (``pixel3``, ``raspi4``, ... of ``nb201``).
+
+One YAML format, the *device file*, both defines devices and lists the devices a product ships to.
+Each entry of its ``devices:`` list has a ``name`` and
+
+* a ``kind`` (with that kind's fields): it **defines** a device, adding to or overriding the built-ins;
+* ``budgets_ms`` (positive latency budgets): it **targets** the device (a built-in, or one defined in the
+  file), which makes it part of the *device list*: ``nas search --devices`` adds one ``latency@NAME``
+  objective per target, ``nas extract --devices`` exports one subnet per (target, budget);
+
+or both. An entry with neither is an error. ::
 
     devices:
-      - name: cpu-2t
+      - name: cpu                  # a built-in, targeted
+        budgets_ms: [5, 10]
+      - name: cpu-2t               # defined here, and targeted
         kind: measured
         backend: torch
         threads: 2
-      - name: mylut
+        budgets_ms: [4]
+      - name: mylut                # defined here only (usable as latency@mylut)
         kind: lut
-        lut: path/to/tables        # a folder of {R}_lookup_table.yaml files
+        lut: path/to/tables        # a folder of {R}_lookup_table.yaml files (relative to this file)
         lut_format: ofa
         space: ofa_mbv3
         space_options: {width_mult: 1.2, resolutions: [160, 176, 192, 208, 224]}
@@ -135,7 +147,8 @@ def load_devices(path: str | os.PathLike | None = None) -> dict[str, Device]:
 
 
 def read_device_entries(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The ``devices:`` list of a YAML file, each entry a dict with at least a ``name``."""
+    """The ``devices:`` list of a device file, each entry a dict with a ``name`` and a ``kind`` (a
+    definition), ``budgets_ms`` (a target), or both."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"device file {path} does not exist")
@@ -149,6 +162,9 @@ def read_device_entries(path: str | os.PathLike) -> list[dict[str, Any]]:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise ConfigError(f"device file {path}: entry {i} must be a mapping with a 'name'")
+        if "kind" not in entry and "budgets_ms" not in entry:
+            raise ConfigError(f"device file {path}: device {entry['name']!r} needs a 'kind' (to define it) or "
+                              "'budgets_ms' (to target it), or both")
     return entries
 
 
@@ -168,3 +184,50 @@ def get_device(name: str, path: str | os.PathLike | None = None) -> Device:
     if name not in devices:
         raise UnknownNameError(f"unknown device {name!r}; known devices: {', '.join(sorted(devices))}")
     return devices[name]
+
+
+@dataclass(frozen=True)
+class DeviceTarget:
+    """A device of a device list and its latency budgets (ms, ascending)."""
+
+    device: Device
+    budgets_ms: tuple[float, ...]
+
+    @property
+    def name(self) -> str:
+        return self.device.name
+
+
+def read_device_list(path: str | os.PathLike) -> list[DeviceTarget]:
+    """The targets of the device file ``path``: every entry with ``budgets_ms``, in file order (none
+    for a file that only defines devices).
+
+    Raises:
+        ConfigError: the file is malformed, lists a device twice, or a budget is not a positive number;
+            ``UnknownNameError`` for a device neither built in nor defined in it.
+    """
+    devices = load_devices(path)
+    targets: dict[str, DeviceTarget] = {}
+    for entry in read_device_entries(path):
+        if "budgets_ms" not in entry:
+            continue
+        name = entry["name"]
+        if name in targets:
+            raise ConfigError(f"device file {path}: device {name!r} is listed with budgets twice; merge its budgets_ms")
+        if name not in devices:
+            raise UnknownNameError(f"device file {path}: unknown device {name!r}; define it with a 'kind' or use one "
+                                   f"of {', '.join(sorted(devices))}")
+        targets[name] = DeviceTarget(devices[name], _budgets(entry["budgets_ms"], name, path))
+    return list(targets.values())
+
+
+def _budgets(value: Any, name: str, path: str | os.PathLike) -> tuple[float, ...]:
+    values = value if isinstance(value, list) else [value]
+    good = values and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")
+                          for v in values)
+    if not good:
+        raise ConfigError(f"device file {path}: budgets_ms of {name!r} must be positive numbers of milliseconds "
+                          f"(e.g. [5, 10]); got {value!r}")
+    if len(set(values)) != len(values):
+        raise ConfigError(f"device file {path}: budgets_ms of {name!r} lists a budget twice: {value!r}")
+    return tuple(sorted(float(v) for v in values))

@@ -47,6 +47,8 @@ class SearchConfig:
     seed: int = 0
     batch: int = 10
     devices_file: str | None = None
+    #: Latency budgets (ms) per device of the device list the search serves (``--devices``), for ``nas extract``.
+    device_budgets: dict[str, list[float]] = field(default_factory=dict)
     latency_predictors: dict[str, str] = field(default_factory=dict)
     #: A trained supernet checkpoint (``nas train``): the space's weights, and what ``accuracy`` measures.
     supernet: str | None = None

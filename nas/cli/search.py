@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -23,7 +24,13 @@ def _latency_predictors(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
-RAY_HELP = "Evaluate on Ray workers: local (a Ray instance for this search), auto (the running cluster) or HOST:PORT."
+RayAddress = Annotated[str | None, typer.Option(
+    "--ray", help="Evaluate on Ray workers: local (a Ray instance for this search), auto (the running cluster) "
+                  "or HOST:PORT.")]
+RayWorkers = Annotated[int | None, typer.Option(help="Ray workers (default: as many as the cluster holds).")]
+RayCpus = Annotated[float | None, typer.Option(help="CPUs of each Ray worker (default 1).")]
+RayGpus = Annotated[float | None, typer.Option(help="GPUs of each Ray worker (default 0).")]
+RayRetries = Annotated[int | None, typer.Option(help="Re-issues of a candidate whose Ray worker died (default 2).")]
 
 
 def _executor(ray: str | None, workers: int | None, cpus_per_eval: float | None, gpus_per_eval: float | None,
@@ -63,35 +70,41 @@ class _Bar:
         self.progress.update(self.task, completed=done, total=budget, description=status)
 
 
+DEVICE_LIST_HELP = ("Device file (see examples/devices.yaml): the devices it defines join the built-ins, and each "
+                    "device with budgets_ms adds a latency@DEVICE objective (budgets kept for nas extract).")
+
+
 @app.command()
 def search(space: str = typer.Option(..., help="Search space (nas spaces list)."),
            objectives: str = typer.Option(..., help="Comma-separated, e.g. accuracy,latency@cpu,macs."),
            evaluations: int = typer.Option(..., help="Budget of real evaluations."),
            run: Path = typer.Option(..., "--run", help="New run folder (e.g. runs/my-search)."),
-           searcher: str = typer.Option("nsga2", help="random, nsga2, agemoea, nsga3, tpe, gp, linas."),
+           searcher: str = typer.Option(None, help="random, nsga2, agemoea, nsga3, tpe, gp, linas (default: nsga2; "
+                                                   "nsga3 from 3 objectives on)."),
            constraint: list[str] = typer.Option(None, help='e.g. "latency@cpu<=12ms" (repeatable).'),
            seed: int = typer.Option(0), batch: int = typer.Option(10, help="Candidates per ask."),
            option: list[str] = typer.Option(None, "-o", "--option", help=OPTION_HELP),
            searcher_option: list[str] = typer.Option(None, "--searcher-option", help="KEY=VALUE for the searcher."),
            latency_predictor: list[str] = typer.Option(None, help="DEVICE=FILE: use a predictor for latency@DEVICE."),
-           devices: Path = typer.Option(None, "--devices", help=DEVICES_HELP),
+           devices: Path = typer.Option(None, "--devices", help=DEVICE_LIST_HELP),
            supernet: Path = typer.Option(None, help="Trained supernet (nas train): its weights and accuracy."),
            data: str = typer.Option(None, help="Data for accuracy (default: what the supernet was trained on)."),
-           ray: str = typer.Option(None, "--ray", help=RAY_HELP),
-           workers: int = typer.Option(None, help="Ray workers (default: as many as the cluster holds)."),
-           cpus_per_eval: float = typer.Option(None, help="CPUs of each Ray worker (default 1)."),
-           gpus_per_eval: float = typer.Option(None, help="GPUs of each Ray worker (default 0)."),
-           retries: int = typer.Option(None, help="Re-issues of a candidate whose Ray worker died (default 2).")) -> None:
+           ray: RayAddress = None, workers: RayWorkers = None, cpus_per_eval: RayCpus = None,
+           gpus_per_eval: RayGpus = None, retries: RayRetries = None) -> None:
     """Search SPACE for the Pareto front of OBJECTIVES within the constraints."""
+    from nas import searchers
+    from nas.extract_devices import add_device_list
     from nas.objectives import parse_objective_names
     from nas.search import SearchConfig, start_search
 
     config = SearchConfig(space=space, objectives=parse_objective_names(objectives), evaluations=evaluations,
-                          searcher=searcher, space_options=parse_options(option), constraints=list(constraint or []),
+                          space_options=parse_options(option), constraints=list(constraint or []),
                           searcher_options=parse_options(searcher_option), seed=seed, batch=batch,
-                          devices_file=str(devices.resolve()) if devices else None,
                           latency_predictors=_latency_predictors(latency_predictor),
                           supernet=str(supernet) if supernet else None, data=data)
+    if devices is not None:
+        add_device_list(config, devices)
+    config.searcher = searchers.choose(searcher, len(config.objectives))
     executor = _executor(ray, workers, cpus_per_eval, gpus_per_eval, retries)
     with _Bar() as bar:
         store, archive = start_search(run, config, bar, executor)
@@ -127,11 +140,8 @@ def resume(run: Path, evaluations: int = typer.Option(None, help="New, larger bu
            space: str = typer.Option(None, help="Refuse to resume unless the run searches this space."),
            searcher: str = typer.Option(None, help="Refuse to resume unless the run uses this searcher."),
            objectives: str = typer.Option(None, help="Refuse to resume unless the run has these objectives."),
-           ray: str = typer.Option(None, "--ray", help=RAY_HELP),
-           workers: int = typer.Option(None, help="Ray workers (default: as many as the cluster holds)."),
-           cpus_per_eval: float = typer.Option(None, help="CPUs of each Ray worker (default 1)."),
-           gpus_per_eval: float = typer.Option(None, help="GPUs of each Ray worker (default 0)."),
-           retries: int = typer.Option(None, help="Re-issues of a candidate whose Ray worker died (default 2).")) -> None:
+           ray: RayAddress = None, workers: RayWorkers = None, cpus_per_eval: RayCpus = None,
+           gpus_per_eval: RayGpus = None, retries: RayRetries = None) -> None:
     """Continue the search in RUN where it stopped (to its budget or a larger --evaluations)."""
     from nas.objectives import parse_objective_names
     from nas.search import resume_search

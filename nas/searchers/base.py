@@ -20,6 +20,7 @@ Contract (checked by ``tests/nas/searchers/test_conformance.py`` for every regis
 from __future__ import annotations
 
 import abc
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,6 +32,36 @@ from search_spaces import SearchSpace
 SEARCHERS: Registry[type["Searcher"]] = Registry("searcher")
 register = SEARCHERS.register
 names = SEARCHERS.names
+
+#: From this many objectives on a search is *many-objective*: most candidates are mutually
+#: non-dominated, so Pareto rank alone hardly separates them and NSGA-II's crowding distance stops
+#: spreading the front; reference directions (NSGA-III) or the front's geometry (AGE-MOEA) are needed.
+MANY_OBJECTIVES = 3
+_DEFAULTS: dict[int, str] = {}          # fewest objectives -> the searcher used when none is named
+
+
+def default_for(fewest_objectives: int):
+    """Class decorator (above ``@register``): this searcher is the one used, when none is named, by
+    searches with at least ``fewest_objectives`` objectives (up to the next default's threshold)."""
+
+    def decorator(cls: type["Searcher"]) -> type["Searcher"]:
+        _DEFAULTS[fewest_objectives] = cls.name
+        return cls
+
+    return decorator
+
+
+def choose(name: str | None, n_objectives: int) -> str:
+    """The searcher a search with ``n_objectives`` objectives uses: ``name``, or the registered default
+    for that count; warns when a named searcher is not built for that many objectives."""
+    if name is None:
+        return _DEFAULTS[max(k for k in _DEFAULTS if k <= max(n_objectives, 1))]
+    cls = SEARCHERS.get_class(name)
+    if n_objectives >= MANY_OBJECTIVES and not cls.many_objective:
+        suited = sorted(n for n in names() if SEARCHERS.get_class(n).many_objective)
+        warnings.warn(f"searcher {name!r} is not built for {n_objectives} objectives; many-objective searchers: "
+                      f"{', '.join(suited)}", stacklevel=2)
+    return name
 
 
 def create(name: str, space: SearchSpace, n_objectives: int, n_constraints: int = 0, seed: int = 0,
@@ -46,6 +77,8 @@ class Searcher(abc.ABC):
     """Ask/tell multi-objective search over a space's encodings."""
 
     name: ClassVar[str] = "?"
+    #: Whether it keeps a well-spread front with ``MANY_OBJECTIVES`` or more objectives.
+    many_objective: ClassVar[bool] = False
 
     def __init__(self, space: SearchSpace, n_objectives: int, n_constraints: int = 0, seed: int = 0):
         if n_objectives < 1:

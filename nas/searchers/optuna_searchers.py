@@ -219,7 +219,9 @@ class OptunaSearcher(Searcher):
 
 @register("tpe")
 class TPESearcher(OptunaSearcher):
-    """Multivariate TPE with the constant liar for pending trials."""
+    """Multivariate TPE with the constant liar for pending trials (MOTPE with several objectives)."""
+
+    many_objective = True          # splits trials by hypervolume contribution, not by crowding
 
     def make_sampler(self) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=self.seed,
@@ -229,6 +231,8 @@ class TPESearcher(OptunaSearcher):
 @register("gp")
 class GPSearcher(OptunaSearcher):
     """Gaussian-process Bayesian optimisation (log constrained EHVI; q-batch while trials are pending)."""
+
+    many_objective = True          # expected hypervolume improvement is defined for any objective count
 
     def make_sampler(self) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GPSampler(seed=self.seed, n_startup_trials=self.n_startup_trials)

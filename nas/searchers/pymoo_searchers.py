@@ -56,7 +56,7 @@ from pymoo.problems.static import StaticProblem
 from pymoo.util.ref_dirs import get_reference_directions
 
 from nas.errors import ConfigError
-from nas.searchers.base import Searcher, register
+from nas.searchers.base import MANY_OBJECTIVES, Searcher, default_for, register
 from nas.searchers.sampling import ResultCache, draw_unseen, exhausted, failed_rows, row_keys
 from search_spaces import SearchSpace
 
@@ -236,6 +236,7 @@ class PymooSearcher(Searcher):
         self.load_seen_state(state["seen"])
 
 
+@default_for(1)
 @register("nsga2")
 class NSGA2Searcher(PymooSearcher):
     """NSGA-II: non-dominated sorting with crowding distance."""
@@ -248,13 +249,18 @@ class NSGA2Searcher(PymooSearcher):
 class AGEMOEASearcher(PymooSearcher):
     """AGE-MOEA: survival by the estimated geometry of the front (needs numba)."""
 
+    many_objective = True
+
     def make_algorithm(self, pop_size: int, n_offsprings: int | None, operators: dict[str, Any]) -> Algorithm:
         return AGEMOEA(pop_size=pop_size, n_offsprings=n_offsprings, **operators)
 
 
+@default_for(MANY_OBJECTIVES)
 @register("nsga3")
 class NSGA3Searcher(PymooSearcher):
     """NSGA-III for many objectives: survival by reference directions sized to the objective count."""
+
+    many_objective = True
 
     def make_algorithm(self, pop_size: int, n_offsprings: int | None, operators: dict[str, Any]) -> Algorithm:
         ref_dirs = reference_directions(self.n_objectives, pop_size, self.seed)

@@ -19,6 +19,8 @@ class RandomSearcher(Searcher):
     (nearly) exhausted, so any number of asks may be outstanding.
     """
 
+    many_objective = True          # it never ranks, so the objective count cannot hurt it
+
     def __init__(self, space: SearchSpace, n_objectives: int, n_constraints: int = 0, seed: int = 0):
         super().__init__(space, n_objectives, n_constraints, seed)
         self.rng = np.random.default_rng(seed)
