@@ -26,17 +26,21 @@ def first_out_of_range(v: np.ndarray, cardinalities: np.ndarray) -> int:
 
 @numba.njit(cache=True, nogil=True)
 def block_table_sum(v: np.ndarray, n_blocks: int, blocks_per_stage: int, fixed: np.ndarray, table: np.ndarray,
-                    out: np.ndarray) -> int:
-    """Score OFA-style encodings ``[k_0..k_B, e_0..e_B, d_0..d_S, r]`` from a folded table.
+                    extra_cards: np.ndarray, out: np.ndarray) -> int:
+    """Score OFA-style encodings ``[k_0..k_B, e_0..e_B, d_0..d_S, r, x1_0..x1_B, x2_0..]`` from a folded table.
 
-    ``out[i] = fixed[r] + sum_b table[r, b, k_b, e_b, d_stage(b)]`` with ``table`` of shape
-    ``(R, B, K, E, D)``. Genes are range-checked as they are read (the table's shape gives the
-    cardinalities); returns the flat index of the first out-of-range gene, else -1.
+    ``out[i] = fixed[r] + sum_b table[r, b, k_b, e_b, x_b, d_stage(b)]`` with ``table`` of shape
+    ``(R, B, K, E, X, D)``. ``x_b`` combines block ``b``'s optional per-block genes (keep ratio, bit-width),
+    one group of ``B`` columns each after ``r``, with cardinalities ``extra_cards``, in mixed radix (the
+    last group varies fastest); with no such genes ``X = 1``. Genes are range-checked as they are read;
+    returns the flat index of the first out-of-range gene, else -1.
     """
     n, g = v.shape
-    n_r, n_b, n_k, n_e, n_d = table.shape
+    n_r, n_b, n_k, n_e, n_x, n_d = table.shape
     flat = table.ravel()
-    se, sk = n_d, n_e * n_d
+    sx = n_d
+    se = n_x * sx
+    sk = n_e * se
     sb = n_k * sk
     sr = n_b * sb
     d_col = 2 * n_blocks
@@ -59,6 +63,13 @@ def block_table_sum(v: np.ndarray, n_blocks: int, blocks_per_stage: int, fixed: 
                     return i * g + b
                 if e < 0 or e >= n_e:
                     return i * g + n_blocks + b
-                acc += flat[base + b * sb + k * sk + e * se + d]
+                x = 0
+                for m in range(extra_cards.shape[0]):
+                    col = r_col + 1 + m * n_blocks + b
+                    value = v[i, col]
+                    if value < 0 or value >= extra_cards[m]:
+                        return i * g + col
+                    x = x * extra_cards[m] + value
+                acc += flat[base + b * sb + k * sk + e * se + x * sx + d]
         out[i] = acc
     return -1

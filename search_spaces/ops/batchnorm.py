@@ -60,7 +60,8 @@ def _calibrating_forward(bn: nn.BatchNorm2d, meter: _StatsMeter):
         centred = x - mean.view(1, channels, *([1] * (x.dim() - 2)))
         var = (centred * centred).mean(dims)
         meter.add(mean, var, x.shape[0])
-        return F.batch_norm(x, mean, var, bn.weight[:channels], bn.bias[:channels], False, 0.0, bn.eps)
+        weight, bias = (None, None) if bn.weight is None else (bn.weight[:channels], bn.bias[:channels])  # affine=False
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, bn.eps)
 
     return forward
 

@@ -71,6 +71,9 @@ def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
 class LSQWeightQuantizer(nn.Module):
     """Signed ``b``-bit weights with a learned per-output-channel step (LSQ: Esser et al., ICLR 2020).
 
+    A weight with fewer output channels than the quantiser was built for (an elastic layer's active
+    slice) uses the steps of its first channels.
+
     ``q(w) = round(clamp(w/s, −Q_n, Q_p))·s`` with ``Q_n = 2^(b−1)``, ``Q_p = 2^(b−1) − 1`` (the
     reference's non-symmetric signed grid, which is int8's at 8 bits). Gradients: straight-through to
     ``w`` inside the range and zero outside; to ``s`` LSQ's ``round(w/s) − w/s`` inside, ``−Q_n`` or
@@ -106,12 +109,12 @@ class LSQWeightQuantizer(nn.Module):
         if torch.onnx.is_in_onnx_export() and self.bits <= _QDQ_MAX_BITS:
             return self._qdq(weight)
         g = 1.0 / math.sqrt(weight.numel() * self.q_pos)
-        step = scale_grad(self.step, g).view(-1, *[1] * (weight.dim() - 1))
+        step = scale_grad(self.step[:weight.shape[0]], g).view(-1, *[1] * (weight.dim() - 1))
         return round_ste(torch.clamp(weight / step, -self.q_neg, self.q_pos)) * step
 
     def _qdq(self, weight: torch.Tensor) -> torch.Tensor:
         """Per-channel int8 QuantizeLinear/DequantizeLinear; the same values as ``forward``."""
-        step = self.step.detach()
+        step = self.step.detach()[:weight.shape[0]]
         if self.bits < _QDQ_MAX_BITS:
             bound = step.view(-1, *[1] * (weight.dim() - 1))
             weight = torch.minimum(torch.maximum(weight, -self.q_neg * bound), self.q_pos * bound)

@@ -69,6 +69,14 @@ class _StraightThroughMask(torch.autograd.Function):
         return grad, None
 
 
+def masked_weight(weight: torch.Tensor, scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
+    """``weight`` times the top-``ceil(keep_ratio * n)`` mask of ``|scores|`` (same shape), straight-through
+    for the scores: the masked forward of a sparse op, for layers that hold weight and scores themselves
+    (an elastic layer masks its active slice)."""
+    count = kept_count(weight.numel(), keep_ratio)
+    return weight * _StraightThroughMask.apply(scores.abs(), count)
+
+
 class _SparseWeights:
     """What ``SparseConv2d`` and ``SparseLinear`` share; mixed in before the ``nn`` layer class."""
 
@@ -118,8 +126,7 @@ class _SparseWeights:
         return self._cache.get((self.keep_ratio,), (self.weight, self.scores), self._masked_weight)
 
     def _masked_weight(self) -> torch.Tensor:
-        count = kept_count(self.weight.numel(), self.keep_ratio)
-        return self.weight * _StraightThroughMask.apply(self.scores.abs(), count)
+        return masked_weight(self.weight, self.scores, self.keep_ratio)
 
     def set_trainable(self, *, weights: bool, scores: bool) -> None:
         """Set ``requires_grad`` of the weight and bias (``weights``) and of the scores."""

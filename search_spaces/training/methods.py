@@ -222,3 +222,23 @@ def _largest_choices(space: SearchSpace) -> dict[str, list]:
     for entry in space.config_layout:
         largest[entry.key] = sorted({next(genes).choices[-1] for _ in range(entry.n_genes)})
     return largest
+
+
+@register_method("elastic_sparsity")
+def elastic_sparsity(space: SearchSpace, config: TrainConfig) -> tuple[list[Phase], str]:
+    """Elastic sparsity (beyond DASS): one supernet whose sparse ops serve every keep ratio of the space.
+
+    Every step trains ``subnets`` subnets drawn uniformly gene by gene, like the search that follows will
+    propose them: the keep ratio of every sparse layer group (each ``dass_darts`` cell, its stem and
+    classifier; each ``ofa_mbv3`` block with ``sparsity_list``) and every other gene (ops and kept edges,
+    or kernel/expand/depth). Weights and scores train jointly: at a keep ratio ``k`` a layer's top-k mask
+    of its scores decides which weights compute, and the straight-through gradient moves the scores of
+    the ratios sampled, so one set of scores learns a nested-by-magnitude order that serves every ratio.
+    The scores start from the scaled score init of the weights (made when the sparse layers are built).
+    A supernet "trained for ratio k alone" is the same method on the space built with ``keep_ratios=[k]``
+    (the baseline of ``benchmarks/dass_elastic.py``).
+    """
+    if not any(entry.key.startswith("keep") for entry in space.config_layout):
+        raise ConfigError(f"elastic sparsity trains keep-ratio genes; {space.name} has none (dass_darts has; "
+                          "ofa_mbv3 with the sparsity_list option has)")
+    return [Phase("elastic", config.epochs, config.lr, subnets=max(1, config.subnets))], _kd(config, "none", ("none",))

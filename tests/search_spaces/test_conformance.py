@@ -3,7 +3,6 @@
 import networkx as nx
 import numpy as np
 import pytest
-import time
 import torch
 
 import search_spaces
@@ -12,11 +11,19 @@ from search_spaces.ops.counting import count_macs, count_params
 from search_spaces.ops.quant import HWGQ, LSQWeightQuantizer
 
 SPACES = search_spaces.names()
+#: Options that add genes, modules or costs to a space: each set runs through every test below too.
+OPTION_SETS = [
+    ("ofa_mbv3", {"sparsity_list": [0.1, 0.5, 1.0]}),
+    ("ofa_mbv3", {"bits_list": [4, 8]}),
+    ("ofa_mbv3", {"sparsity_list": [0.2, 1.0], "bits_list": [2, 8]}),
+]
+CASES = [(name, {}) for name in SPACES] + OPTION_SETS
 
 
-@pytest.fixture(params=SPACES)
+@pytest.fixture(params=CASES, ids=[name + "".join(f"-{k}" for k in options) for name, options in CASES])
 def space(request, small_space):
-    return small_space(request.param)
+    name, options = request.param
+    return small_space(name, **options)
 
 
 def test_encode_decode_round_trip(space):

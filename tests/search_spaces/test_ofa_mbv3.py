@@ -293,3 +293,190 @@ def test_inference_cache_follows_in_place_weight_changes(ofa):
     assert not torch.allclose(before, after)
     with torch.no_grad():
         assert (ofa.extract(config).eval()(x) - after).abs().max() <= 1e-5
+
+
+# ----------------------------------------------------------------------------- options: sparsity_list, bits_list
+SPARSE = {"sparsity_list": [1.0, 0.5, 0.1]}
+BITS = {"bits_list": [8, 4]}
+
+
+def _both(small_space):
+    return small_space("ofa_mbv3", sparsity_list=[0.3, 1.0], bits_list=[4, 8])
+
+
+def test_without_the_options_the_supernet_is_unchanged(ofa, small_space):
+    """Same options, keys and initial weights as before the options existed; with them, the dense weights
+    under a seed are the same and the only new keys are scores, LSQ steps and the score-init flag."""
+    assert "sparsity_list" not in ofa.options and "bits_list" not in ofa.options and ofa.costs == ("macs", "params")
+    torch.manual_seed(0)
+    plain = ofa.supernet.state_dict()
+    torch.manual_seed(0)
+    both = _both(small_space).supernet.state_dict()
+    added = set(both) - set(plain)
+    assert set(plain) <= set(both) and all(torch.equal(plain[k], both[k]) for k in plain if "step" not in k)
+    assert {k.rsplit(".", 1)[-1] for k in added} == {"scores", "step", "scores_initialised"}
+    assert all(".inverted_bottleneck.conv.conv.scores" in k or ".point_linear.conv.conv.scores" in k
+               for k in added if k.endswith("scores"))
+
+
+def test_option_genes_come_after_r_and_sort_ascending(small_space):
+    space = _both(small_space)
+    names = [g.name for g in space.genes]
+    assert names[space.r_col] == "r" and names[space.r_col + 1:] == [f"keep.{i}" for i in range(20)] + [
+        f"bits.{i}" for i in range(20)]
+    assert space.genes[-1].choices == (4, 8) and space.genes[space.r_col + 1].choices == (0.3, 1.0)
+    per_block = 3 * 3 * 2 * 2                                      # kernel x expand x keep x bits
+    assert space.size() == sum(per_block ** d for d in space.depth_list) ** 5 * len(space.resolutions)
+
+
+@pytest.mark.parametrize("options", [{"sparsity_list": [0.0]}, {"sparsity_list": [1.5]}, {"sparsity_list": []},
+                                     {"bits_list": [5]}, {"bits_list": [8, 8]}, {"bits_list": [1]}])
+def test_bad_option_values_raise_one_clear_error(small_space, options):
+    with pytest.raises(ConfigError, match="sparsity_list|bits_list|keep ratio"):
+        small_space("ofa_mbv3", **options)
+
+
+def _nonzero_counts(net, x):
+    """(MACs, params) of ``net`` counting only non-zero entries of convolution and linear weights."""
+    macs = []
+
+    def hook(module, inputs, output):          # each non-zero weight once per output position of its unit
+        macs.append(int(torch.count_nonzero(module.weight)) * (output[0].numel() // module.weight.shape[0]))
+
+    layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    with torch.no_grad():
+        net.eval()(x[:1])
+    for h in handles:
+        h.remove()
+    weights = {id(m.weight) for m in layers}
+    params = sum(int(torch.count_nonzero(p)) if id(p) in weights else p.numel() for p in net.parameters())
+    return sum(macs), params
+
+
+def test_nonzero_costs_equal_counts_on_the_extracted_network(small_space):
+    space = small_space("ofa_mbv3", **SPARSE)
+    configs = space.sample(8, seed=3) + [{**space.sample(1, seed=4)[0], "keep": [0.1] * 20}]
+    vectors = space.encode(configs)
+    macs, params = space.nonzero_macs(vectors), space.nonzero_params(vectors)
+    for i, config in enumerate(configs):
+        assert (macs[i], params[i]) == _nonzero_counts(space.extract(config), space.example_input(config)), config
+    dense = {**configs[-1], "keep": [1.0] * 20}
+    assert space.nonzero_macs(space.encode(dense))[0] == space.macs(space.encode(dense))[0] > macs[-1]
+
+
+def test_bitops_equal_count_bitops_on_the_extracted_network(small_space):
+    from search_spaces.ops.quant import QuantConv2d, count_bitops
+
+    space = small_space("ofa_mbv3", **BITS)
+    configs = space.sample(6, seed=5)
+    bitops = space.bitops(space.encode(configs))
+    for config, value in zip(configs, bitops):
+        net = space.extract(config)
+        assert value == count_bitops(net, space.example_input(config)), config
+        quantised = [m for m in net.modules() if isinstance(m, QuantConv2d)]
+        active = sum(1 for i, d in enumerate(config["d"]) for _ in range(d))
+        assert len(quantised) == 3 * active
+    low, high = ({**configs[0], "bits": [b] * 20} for b in (4, 8))
+    assert space.bitops(space.encode(low))[0] < space.bitops(space.encode(high))[0]
+    with pytest.raises(ConfigError, match="bits_list"):
+        small_space("ofa_mbv3").bitops(space.encode(configs)[:, :66])
+
+
+def test_extract_equals_the_supernet_with_both_options(small_space):
+    space = _both(small_space)
+    net = space.supernet.eval()
+    config = {**space.sample(1, seed=8)[0], "keep": [0.3] * 20, "bits": [4] * 20}
+    x = space.example_input(config, 16)
+    space.recalibrate_bn(config, [x])           # normalised activations: not all below the 4-bit step
+    with torch.no_grad():
+        y = net(x)
+        assert (space.extract(config).eval()(x) - y).abs().max() <= 1e-5
+        assert (y[0] - y[1]).abs().max() > 1e-3                 # the inputs still reach the output
+        other = {**config, "keep": [1.0] * 20, "bits": [8] * 20}
+        space.recalibrate_bn(other, [x])
+        assert (net(x) - y).abs().max() > 1e-3                  # the genes change the function
+
+
+def test_graph_layers_carry_keep_ratio_and_bits(small_space):
+    space = _both(small_space)
+    config = {**space.sample(1, seed=2)[0], "keep": [0.3] * 20, "bits": [4] * 20}
+    g = space.graph(config)
+    blocks = [a for n, a in g.nodes(data=True) if a["op"] == "mbconv" and n != "blocks.0"]
+    assert blocks and all(a["keep_ratio"] == 0.3 and a["bits"] == 4 for a in blocks)
+    assert g.nodes["first_conv"]["keep_ratio"] == 1.0 and g.nodes["first_conv"]["bits"] == 32
+    v = space.encode(config)
+    for cost in ("nonzero_macs", "nonzero_params", "bitops"):
+        assert sum(a[cost] for _, a in g.nodes(data=True)) == space.cost(cost, v[None])[0]
+    layer = next(iter(blocks))
+    built = space.build_layer(layer)
+    assert sum(isinstance(m, torch.nn.Conv2d) and hasattr(m, "weight_quant") for m in built.modules()) == 3
+
+
+def test_scores_start_from_the_weights_when_pruning_first_trains(small_space):
+    space = small_space("ofa_mbv3", **SPARSE)
+    net = space.supernet.train()
+    layer = net.blocks[1].conv.point_linear.conv.conv
+    largest = {"ks": [7] * 20, "e": [6] * 20, "d": [4] * 5, "r": 32, "keep": [1.0] * 20}
+    space.activate(largest)
+    x = torch.randn(4, 3, 32, 32)
+    net(x).sum().backward()
+    with torch.no_grad():
+        layer.weight.mul_(-1)                                     # "training" moved the weights
+        space.activate({**largest, "keep": [0.5] * 20})
+        net.eval()(x)                                             # evaluation does not initialise
+    assert not bool(net.scores_initialised)
+    net.train()(x).sum().backward()
+    assert bool(net.scores_initialised)
+    scale = (6 / layer.weight[0].numel()) ** 0.5 / layer.weight.abs().max()
+    assert torch.allclose(layer.scores, layer.weight * scale)     # from the weights as they are now
+    assert layer.scores.grad is not None and layer.scores.grad.abs().sum() > 0   # and trained from this step
+
+
+def test_reorder_channels_keeps_the_function_with_both_options(small_space):
+    space = _both(small_space)
+    net = space.supernet.eval()
+    config = {**space.sample(1, seed=1)[0], "e": [4] * 20, "keep": [0.3] * 20, "bits": [4] * 20}
+    space.activate(config)
+    x = space.example_input(config, 2)
+    with torch.no_grad():
+        before = net(x)
+        net.reorder_channels()
+        assert (net(x) - before).abs().max() <= 1e-4
+
+
+def test_training_samplers_draw_the_new_genes(small_space):
+    from search_spaces.training import ChoiceSampler, TrainConfig, build_phases
+
+    space = _both(small_space)
+    configs = ChoiceSampler(space, {}).random(40, np.random.default_rng(0))
+    assert {k for c in configs for k in c["keep"]} == {0.3, 1.0} and {b for c in configs for b in c["bits"]} == {4, 8}
+    phases, _ = build_phases(space, TrainConfig(epochs=6))
+    assert phases[0].choices["keep"] == [1.0] and phases[0].choices["bits"] == [8]   # "full": dense, widest
+    later = ChoiceSampler(space, phases[-1].choices).random(40, np.random.default_rng(1))
+    assert {k for c in later for k in c["keep"]} == {0.3, 1.0}
+
+
+def test_eight_bit_network_runs_in_onnx_runtime(small_space, tmp_path):
+    import onnx
+
+    from evaluators.backends import export_onnx, ort_session
+
+    space = small_space("ofa_mbv3", **BITS)
+    config = {**space.sample(1, seed=0)[0], "bits": [8] * 20}
+    net, x = space.extract(config).eval(), space.example_input(config, 2)
+    export_onnx(net, x, str(tmp_path / "q.onnx"))
+    y = ort_session(str(tmp_path / "q.onnx")).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(y - net(x).numpy()).max() <= 1e-4
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load(tmp_path / "q.onnx").graph.node}
+
+
+def test_compiled_scorer_checks_the_option_genes(small_space):
+    space = _both(small_space)
+    v = space.encode(space.sample(3, seed=0))
+    for col in (space.extra_cols("keep").start + 3, space.extra_cols("bits").start + 5):
+        bad = v.copy()
+        bad[1, col] = 2
+        with pytest.raises(ConfigError, match=f"row 1: gene '{space.genes[col].name}'"):
+            space.bitops(bad)

@@ -1,0 +1,100 @@
+"""Elastic sparsity on ``dass_darts``: one supernet trained once for every keep ratio, against one
+supernet per keep ratio trained for that ratio alone, at the same budget, side by side in one run.
+
+Both are trained by the ``elastic_sparsity`` method (every step: ``subnets`` subnets with ops, kept
+edges and keep genes drawn uniformly; weights and scores trained jointly). The elastic supernet's space
+holds every keep ratio of the list (each cell, the stem and the classifier draw theirs independently);
+a per-ratio supernet's space holds that one ratio. Same epochs, batch size, learning rate, subnets per
+step and seed for every model.
+
+Accuracy: test split, BatchNorm re-calibrated per subnet, of the same ``--genotypes`` random genotypes
+(ops and edges) at a uniform keep ratio ``k`` (every cell, stem and classifier at ``k``); the median over
+the genotypes is compared. Goal (issue #10): elastic within 1 point of the ratio's own supernet.
+
+    python benchmarks/dass_elastic.py [--epochs 12] [--keep 1.0,0.3,0.1,0.03] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from evaluators.accuracy import SubnetAccuracy  # noqa: E402
+from nas.train import prepare  # noqa: E402
+from search_spaces.training import TrainConfig, Trainer  # noqa: E402
+
+
+def train(space_options: dict, args, folder: Path):
+    config = TrainConfig(space="dass_darts", space_options=space_options, data=args.data, method="elastic_sparsity",
+                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, subnets=args.subnets,
+                         seed=args.seed)
+    space, data = prepare(config)
+    started = time.perf_counter()
+    Trainer.start(space, data, config, folder).run()
+    return space, data, time.perf_counter() - started
+
+
+def at_keep(space, genotypes: list[dict], keep: float) -> list[dict]:
+    """``genotypes`` (configs) with every keep gene set to ``keep``."""
+    return [{**g, "keep": [keep] * space.layers, "keep_stem": keep, "keep_classifier": keep} for g in genotypes]
+
+
+def test_accuracy(space, data, configs: list[dict]) -> list[float]:
+    return SubnetAccuracy(space, data, "test")(configs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--keep", default="1.0,0.3,0.1,0.03")
+    parser.add_argument("--C", type=int, default=8)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--resolution", type=int, default=16)
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--subnets", type=int, default=1)
+    parser.add_argument("--genotypes", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    keeps = [float(k) for k in args.keep.split(",")]
+    base = {"C": args.C, "layers": args.layers, "resolution": args.resolution}
+    print(f"dass_darts {base} on {args.data} (upsampled to {args.resolution}x{args.resolution}), keep ratios {keeps}; "
+          f"per model: {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, {args.subnets} subnet(s)/step, "
+          f"seed {args.seed}; accuracy: test split, BN re-calibrated, median of {args.genotypes} random genotypes; "
+          f"{args.threads} thread(s)", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        space, data, seconds = train({**base, "keep_ratios": keeps}, args, Path(tmp) / "elastic")
+        print(f"  elastic supernet trained in {seconds:.0f} s", flush=True)
+        genotypes = space.sample(args.genotypes, seed=1000 + args.seed)
+        elastic = {k: test_accuracy(space, data, at_keep(space, genotypes, k)) for k in keeps}
+        alone = {}
+        for k in keeps:
+            single, single_data, seconds = train({**base, "keep_ratios": [k]}, args, Path(tmp) / f"keep{k}")
+            alone[k] = test_accuracy(single, single_data, at_keep(single, genotypes, k))
+            print(f"  keep {k} supernet trained in {seconds:.0f} s", flush=True)
+    print(f"\n{'keep':>6} {'elastic':>8} {'alone':>8} {'diff':>7}   per genotype (elastic | alone)")
+    worst = 0.0
+    for k in keeps:
+        e, a = statistics.median(elastic[k]), statistics.median(alone[k])
+        worst = min(worst, e - a)
+        print(f"{k:6g} {e:8.2f} {a:8.2f} {e - a:+7.2f}   {np.round(elastic[k], 1).tolist()} | "
+              f"{np.round(alone[k], 1).tolist()}")
+    verdict = "met" if worst >= -1.0 else "NOT met"
+    print(f"\nworst elastic - alone: {worst:+.2f} points (goal >= -1.00): {verdict}")
+
+
+if __name__ == "__main__":
+    main()
