@@ -14,6 +14,7 @@ from nas.cli import main
 from nas.errors import ConfigError, NasError
 from nas.runs import RunStore
 
+ROOT = Path(__file__).resolve().parents[2]
 NB201_LIST = """devices:
   - name: pixel3
     budgets_ms: [0.001, 3, 10]
@@ -111,7 +112,7 @@ def test_search_adds_one_latency_objective_per_listed_device(nb201_run):
 
 def test_a_device_file_without_budgets_only_defines_devices(tmp_path, cli):
     code, _, err = cli(["search", "--space", "nb201", "--objectives", "accuracy,latency@pixel3", "--devices",
-                        "devices.yaml", "--evaluations", "4", "--batch", "4", "--run", str(tmp_path / "r")])
+                        str(ROOT / "devices.yaml"), "--evaluations", "4", "--batch", "4", "--run", str(tmp_path / "r")])
     assert code == 0, err
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["objectives"] == ["accuracy", "latency@pixel3"] and config["device_budgets"] == {}
