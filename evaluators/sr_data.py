@@ -131,23 +131,24 @@ class SRData:
         return {"spec": self.spec, "scale": self.scale, **{s: [i.name for i in self.split(s)] for s in SPLITS},
                 **self.details}
 
-    def train_batches(self, batch_size: int, patch: int, steps: int, seed: int = 0
+    def train_batches(self, batch_size: int, patch: int, steps: int, seed: int = 0, split: str = "train"
                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``steps`` batches of aligned random patches: LR ``(n, 3, patch, patch)`` and HR ``(n, 3, s·patch,
-        s·patch)``; each from a training image drawn uniformly, flipped at random (both alike).
+        s·patch)``; each from an image of ``split`` drawn uniformly, flipped at random (both alike).
 
         Raises:
-            ConfigError: when a training image is smaller than the LR patch.
+            ConfigError: when an image of the split is smaller than the LR patch.
         """
-        small = [i.name for i in self.train if min(i.lr.shape[-2:]) < patch]
+        images = self.split(split)
+        small = [i.name for i in images if min(i.lr.shape[-2:]) < patch]
         if small:
-            raise ConfigError(f"{self.spec}: training images {small} are smaller than the {patch}-pixel LR crop "
+            raise ConfigError(f"{self.spec}: {split} images {small} are smaller than the {patch}-pixel LR crop "
                               f"(at scale {self.scale}); choose a smaller patch")
         rng, s = np.random.default_rng(seed), self.scale
         for _ in range(steps):
             lrs, hrs = [], []
             for _ in range(batch_size):
-                image = self.train[rng.integers(len(self.train))]
+                image = images[rng.integers(len(images))]
                 y = int(rng.integers(image.lr.shape[-2] - patch + 1))
                 x = int(rng.integers(image.lr.shape[-1] - patch + 1))
                 lr = image.lr[:, y:y + patch, x:x + patch]

@@ -117,9 +117,10 @@ class ClassificationTask:
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output, target)
 
-    def evaluate(self, net: torch.nn.Module) -> float:
+    def evaluate(self, net: torch.nn.Module, split: str = "val") -> float:
         was_training = net.training
-        accuracy = top1(net, ((self.data.eval_view(x, self.size), y) for x, y in self.data.val.batches(250)))
+        batches = self.data.split(split).batches(250)
+        accuracy = top1(net, ((self.data.eval_view(x, self.size), y) for x, y in batches))
         net.train(was_training)
         return accuracy
 

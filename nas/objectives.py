@@ -137,6 +137,18 @@ def _supernet_accuracy(context: Context) -> Evaluate:
     return SubnetAccuracy(space, data, "val").vectors
 
 
+@register_metric_source("psnr")
+def _supernet_psnr(context: Context) -> Evaluate:
+    """Validation PSNR of each subnet through the trained supernet (:class:`evaluators.sr_task.SubnetPSNR`)."""
+    from evaluators.sr_task import supernet_psnr
+
+    space = context.space
+    if context.supernet is None:
+        raise ConfigError(f"the PSNR of {space.name} subnets is measured on a trained supernet: pass --supernet "
+                          f"FILE (search one with `nas train {space.name} --out DIR`)")
+    return supernet_psnr(space, context.supernet, context.data or "photos").vectors
+
+
 def _latency_objective(name: str, device_name: str, context: Context) -> Objective:
     from evaluators.devices import get_device
 

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import evaluators.sr_task  # noqa: F401  (registers the psnr task)
 import search_spaces
 from evaluators.accuracy import SubnetAccuracy
 from evaluators.data import Data

@@ -25,6 +25,10 @@ BatchNorm dense), equal to ``count_macs``/``count_nonzero_params`` on the networ
 (``extract(config, keep_sparse=True)``). BatchNorm follows DARTS' search network: ``affine=False``
 in the cells (option ``affine``), affine in the stem.
 
+Inference: :meth:`DassDartsSpace.deploy` is the export step for running the extracted network in
+PyTorch: every layer runs dense or as CSR (``search_spaces.ops.sparse_exec``), whichever measured
+faster here on its real input (``choose_execution``).
+
 Genotype files (JSON, ``save_genotype``/``load_genotype``): ``{"format": "nas.dass_darts.genotype/1",
 "normal": [[op, state], ... 8], "reduce": [...], "keep": [per cell], "keep_stem", "keep_classifier"}``.
 """
@@ -42,6 +46,7 @@ from typing import Any, Callable, Mapping
 import networkx as nx
 import numpy as np
 import torch
+from torch import nn
 
 from nas.atomic import atomic_write_bytes
 from nas.errors import ConfigError
@@ -325,6 +330,16 @@ class DassDartsSpace(SearchSpace):
         ``keep_sparse``, still sparse ops (weights, scores, keep ratios) for further training."""
         self.activate(config)
         return self.supernet.extract(keep_sparse)
+
+    def deploy(self, config: Config, example_input: torch.Tensor | None = None, **timing) -> tuple[nn.Module, list]:
+        """The extracted network of ``config`` for inference in PyTorch, each layer run by the faster of
+        dense and sparse (CSR) execution as measured here on ``example_input`` (default: one sample, one
+        thread): ``sparse_exec.choose_execution``. Returns the model and the per-layer choices. ONNX and
+        TorchScript exports use :meth:`extract` (dense layers with zeros) instead."""
+        from search_spaces.ops.sparse_exec import choose_execution
+
+        x = self.example_input(config) if example_input is None else example_input
+        return choose_execution(self.extract(config), x, **timing)
 
     def example_input(self, config: Config, batch: int = 1) -> torch.Tensor:
         self.validate(config)

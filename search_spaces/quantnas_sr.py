@@ -42,7 +42,7 @@ from torch import nn
 from nas.errors import ConfigError
 from search_spaces._registry import register
 from search_spaces.base import Config, Gene, LayoutEntry, Metric, SearchSpace
-from search_spaces.ops.quant import SUPPORTED_BITS
+from search_spaces.ops.quant import SUPPORTED_BITS, QuantConv2d
 from search_spaces.ops.quant_noise import NOISE_KINDS
 from search_spaces.ops.sr_blocks import (
     ADQ, ESA, FIXED_BITS, SR_OPS, ConvShape, SRNet, SROp, esa_out_sides, esa_shapes,
@@ -128,6 +128,13 @@ class SRSupernet(SRNet):
     def probabilities(self) -> list[torch.Tensor]:
         """``softmax(α)`` per gene (differentiable), in encoding order."""
         return [torch.softmax(a, 0) for a in self.arch_parameters()]
+
+    def init_quant_steps(self) -> None:
+        """Initialise every LSQ step from the current weights (:meth:`QuantConv2d.init_steps`): after a
+        search in ``noise`` mode, which trains the weights but never uses the steps."""
+        for module in self.modules():
+            if isinstance(module, QuantConv2d):
+                module.init_steps()
 
 
 @register("quantnas_sr")

@@ -6,3 +6,5 @@ from search_spaces.training.trainer import Trainer, stored_config
 
 __all__ = ["ChoiceSampler", "EpsilonSchedule", "Phase", "TrainConfig", "Trainer", "build_phases", "method_names",
            "register_method", "stored_config"]
+
+from search_spaces.training import dass_search  # noqa: E402,F401  (registers the dass and darts recipes)

@@ -139,8 +139,9 @@ class Task(Protocol):
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 
-    def evaluate(self, net: nn.Module) -> float:
-        """The validation metric of ``net`` as it is now (BatchNorm in evaluation mode)."""
+    def evaluate(self, net: nn.Module, split: str = "val") -> float:
+        """The metric of ``net`` as it is now (BatchNorm in evaluation mode) on the validation split, or
+        on ``split="test"``."""
         ...
 
     def describe(self) -> dict[str, Any]: ...
@@ -191,6 +192,11 @@ class Recipe:
     def derive(self) -> Config:
         """The final architecture."""
         raise NotImplementedError
+
+    def finish(self, out: Path, task: Task) -> dict[str, Any]:
+        """Called once at the end, before ``derived.json`` is written: the method may write files of its
+        own into ``out``; what it returns is added to ``derived.json`` (a test metric, say)."""
+        return {}
 
     def state(self) -> dict[str, Any]:
         """Recipe state that must survive a resume (e.g. a cost measured at the first step)."""
@@ -448,9 +454,10 @@ class BilevelSearch:
 
     def _write_derived(self) -> None:
         config = self.recipe.derive()
+        extra = self.recipe.finish(self.out, self.task)
         atomic_write_bytes(self.out / "derived.json", json.dumps(
             {"space": self.space.name, "options": self.space.options, "config": config,
-             "final": self.history[-1] if self.history else None}, indent=2, default=_plain).encode())
+             "final": self.history[-1] if self.history else None, **extra}, indent=2, default=_plain).encode())
 
     def _save_state(self) -> None:
         state = {"format": STATE_FORMAT, "config": self.config.to_dict(), "position": dict(self.position),
