@@ -7,4 +7,5 @@ from search_spaces.training.trainer import Trainer, stored_config
 __all__ = ["ChoiceSampler", "EpsilonSchedule", "Phase", "TrainConfig", "Trainer", "build_phases", "method_names",
            "register_method", "stored_config"]
 
-from search_spaces.training import dass_search  # noqa: E402,F401  (registers the dass and darts recipes)
+# The differentiable-search recipes register themselves on import (dass, darts, quantnas).
+from search_spaces.training import dass_search, quantnas_search  # noqa: E402,F401
