@@ -38,6 +38,7 @@ from nas.atomic import atomic_write_bytes
 from nas.errors import CheckpointError, ConfigError
 from search_spaces.base import Config, SearchSpace
 from search_spaces.checkpoint import atomic_torch_save, read_checkpoint, save_supernet
+from search_spaces.training.trainer import Progress
 
 STATE_FORMAT = "nas.bilevel/1"
 RUNNER = "bilevel"
@@ -145,14 +146,6 @@ class Task(Protocol):
         ...
 
     def describe(self) -> dict[str, Any]: ...
-
-
-class Progress(Protocol):
-    def epoch(self, phase: str, epoch: int, epochs: int, steps: int) -> None: ...
-
-    def step(self, loss: float, images_per_second: float) -> None: ...
-
-    def phase_done(self, record: dict[str, Any]) -> None: ...
 
 
 class Recipe:
