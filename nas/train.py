@@ -11,7 +11,6 @@ gets its own default (:attr:`SearchSpace.training_method`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from evaluators.tasks import space_and_data, space_and_task
 from nas.errors import ConfigError
 from search_spaces.training import TrainConfig, Trainer, stored_config
 from search_spaces.training.bilevel import BilevelConfig, BilevelSearch, recipe_names, stored_bilevel_config
-from search_spaces.training.trainer import refuse_changes
+from search_spaces.training.trainer import read_run_file, refuse_changes
 
 
 def prepare(config: TrainConfig) -> tuple[search_spaces.SearchSpace, Data]:
@@ -45,13 +44,7 @@ def is_differentiable(method: str) -> bool:
 
 def stored_runner(out: str | Path) -> str:
     """``"bilevel"`` for a differentiable search in ``out``, ``"trainer"`` for weight-sharing training."""
-    path = Path(out) / "train.json"
-    if not path.is_file():
-        raise ConfigError(f"{out} holds no training run (no train.json); start one without --resume")
-    try:
-        return json.loads(path.read_text()).get("runner", "trainer")
-    except (ValueError, AttributeError):
-        raise ConfigError(f"{path} is not a valid training run file; start a new run in another --out") from None
+    return read_run_file(out).get("runner", "trainer")
 
 
 def train(config: TrainConfig, out: str | Path, progress=None, resume: bool = False,

@@ -38,7 +38,7 @@ from nas.atomic import atomic_write_bytes
 from nas.errors import CheckpointError, ConfigError
 from search_spaces.base import Config, SearchSpace
 from search_spaces.checkpoint import atomic_torch_save, read_checkpoint, save_supernet
-from search_spaces.training.trainer import Progress
+from search_spaces.training.trainer import Progress, read_run_file, refuse_existing_run
 
 STATE_FORMAT = "nas.bilevel/1"
 RUNNER = "bilevel"
@@ -255,9 +255,7 @@ class BilevelSearch:
     @classmethod
     def start(cls, space, task, config: BilevelConfig, out, progress=None) -> "BilevelSearch":
         out = Path(out)
-        if (out / "train.json").exists() or (out / "state.pt").exists():
-            raise ConfigError(f"{out} already holds a training run; pass --resume to continue it, or choose "
-                              "another --out")
+        refuse_existing_run(out)
         search = cls(space, task, config, out, progress)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "train.json", json.dumps(
@@ -483,16 +481,13 @@ class BilevelSearch:
 
 def stored_bilevel_config(out: str | Path) -> BilevelConfig:
     """The config of the differentiable search in ``out``, or a clear error if there is none."""
-    path = Path(out) / "train.json"
-    if not path.is_file():
-        raise ConfigError(f"{out} holds no training run (no train.json); start one without --resume")
+    stored = read_run_file(out)
+    if stored.get("runner") != RUNNER:
+        raise ConfigError(f"{out} holds a weight-sharing training run, not a differentiable search")
     try:
-        stored = json.loads(path.read_text())
-        if stored.get("runner") != RUNNER:
-            raise ConfigError(f"{out} holds a weight-sharing training run, not a differentiable search")
         return BilevelConfig.from_dict(stored["config"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path} is not a valid search config: {exc}") from None
+        raise CheckpointError(f"{Path(out) / 'train.json'} is not a valid search config: {exc}") from None
 
 
 def _cycle(make: Callable[[int], Iterator[Batch]], seed: int) -> Iterator[Batch]:

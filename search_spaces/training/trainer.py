@@ -71,9 +71,7 @@ class Trainer:
     def start(cls, space, data, config: TrainConfig, out, validate=None, progress=None) -> "Trainer":
         """A new run in ``out`` (which must not hold one yet)."""
         out = Path(out)
-        if (out / "train.json").exists() or (out / "state.pt").exists():
-            raise ConfigError(f"{out} already holds a training run; pass --resume to continue it, or choose "
-                              "another --out")
+        refuse_existing_run(out)
         trainer = cls(space, data, config, out, validate, progress)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "train.json", json.dumps(
@@ -255,15 +253,34 @@ class Trainer:
             raise CheckpointError(f"{path} does not fit this supernet: {str(exc).splitlines()[0]}") from None
 
 
-def stored_config(out: str | Path) -> TrainConfig:
-    """The config of the training run in ``out``, or a clear error if there is none."""
+def refuse_existing_run(out: Path) -> None:
+    """Raise if ``out`` already holds a training run (a new run never overwrites one)."""
+    if (out / "train.json").exists() or (out / "state.pt").exists():
+        raise ConfigError(f"{out} already holds a training run; pass --resume to continue it, or choose "
+                          "another --out")
+
+
+def read_run_file(out: str | Path) -> dict[str, Any]:
+    """The ``train.json`` of the run in ``out`` (either kind of run), or a clear error if there is none."""
     path = Path(out) / "train.json"
     if not path.is_file():
         raise ConfigError(f"{out} holds no training run (no train.json); start one without --resume")
     try:
-        return TrainConfig.from_dict(json.loads(path.read_text())["config"])
+        stored = json.loads(path.read_text())
+    except ValueError as exc:
+        raise CheckpointError(f"{path} is not a valid training run file: {exc}") from None
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path} is not a valid training run file: not a mapping")
+    return stored
+
+
+def stored_config(out: str | Path) -> TrainConfig:
+    """The config of the training run in ``out``, or a clear error if there is none."""
+    stored = read_run_file(out)
+    try:
+        return TrainConfig.from_dict(stored["config"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path} is not a valid training config: {exc}") from None
+        raise CheckpointError(f"{Path(out) / 'train.json'} is not a valid training config: {exc}") from None
 
 
 def refuse_changes(out: str | Path, stored: TrainConfig, asked: dict[str, Any]) -> None:
