@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from typing import Callable
 
-import numpy as np
 import torch
 
-from evaluators.latency import LatencyStats, measure_latency
+from evaluators.latency import LatencyStats, measure_latency, resolve_clock, time_runs
 from nas.errors import UnknownNameError
 
 Backend = Callable[..., LatencyStats]
@@ -22,6 +20,8 @@ _BACKENDS: dict[str, Backend] = {}
 
 
 def register_backend(name: str) -> Callable[[Backend], Backend]:
+    """Decorator: ``backend(model, x, *, threads, warmup, runs, device, clock) -> LatencyStats``."""
+
     def decorator(fn: Backend) -> Backend:
         _BACKENDS[name] = fn
         return fn
@@ -42,10 +42,10 @@ def get_backend(name: str) -> Backend:
 
 @register_backend("torch")
 def measure_torch(model: torch.nn.Module, example_input: torch.Tensor, *, threads: int = 1, warmup: int = 10,
-                  runs: int = 50, device: str = "cpu") -> LatencyStats:
+                  runs: int = 50, device: str = "cpu", clock: str = "auto") -> LatencyStats:
     """Eager PyTorch on ``device`` (``cpu``, ``cuda``, ``cuda:N``)."""
     model = model.to(device)
-    return measure_latency(model, example_input.to(device), warmup=warmup, runs=runs, threads=threads)
+    return measure_latency(model, example_input.to(device), warmup=warmup, runs=runs, threads=threads, clock=clock)
 
 
 def export_onnx(model: torch.nn.Module, example_input: torch.Tensor, path: str) -> None:
@@ -71,8 +71,10 @@ def ort_session(path: str, threads: int = 1):
 
 @register_backend("onnxruntime")
 def measure_onnxruntime(model: torch.nn.Module, example_input: torch.Tensor, *, threads: int = 1, warmup: int = 10,
-                        runs: int = 50, device: str = "cpu") -> LatencyStats:
-    """ONNX Runtime CPU session (BatchNorm folded into convolutions, as deployed)."""
+                        runs: int = 50, device: str = "cpu", clock: str = "auto") -> LatencyStats:
+    """ONNX Runtime CPU session (BatchNorm folded into convolutions, as deployed); with one intra-op
+    thread the session computes in the calling thread, so the ``thread`` clock applies."""
+    clock = resolve_clock(clock, threads)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
         export_onnx(model.cpu(), example_input.cpu(), path)
@@ -80,10 +82,6 @@ def measure_onnxruntime(model: torch.nn.Module, example_input: torch.Tensor, *, 
     feed = {"x": example_input.cpu().numpy()}
     for _ in range(warmup):
         session.run(None, feed)
-    samples = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        samples[i] = (time.perf_counter() - start) * 1e3
+    samples = time_runs(lambda: session.run(None, feed), runs, clock)
     return LatencyStats.from_samples(samples, warmup=warmup, batch=int(example_input.shape[0]), threads=threads,
-                                     device="cpu-ort")
+                                     device="cpu-ort", clock=clock)

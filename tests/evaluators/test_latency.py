@@ -1,5 +1,7 @@
 """Latency measurement: both CPU backends, thread control, robust multi-round measurement."""
 
+import time
+
 import numpy as np
 import onnxruntime  # noqa: F401  (the backend needs it)
 import pytest
@@ -7,7 +9,7 @@ import torch
 
 from evaluators.backends import export_onnx, ort_session
 from evaluators.devices import Device, get_device
-from evaluators.latency import measure_latency, torch_threads
+from evaluators.latency import measure_latency, resolve_clock, time_runs, torch_threads
 from evaluators.measure import measure_models, measure_subnets, robust_latency
 from nas.errors import ConfigError
 
@@ -26,6 +28,32 @@ def test_measure_latency_reports_stated_conditions(subnet):
     assert torch.get_num_threads() == before and model.training is False
     assert stats.runs == 7 and stats.warmup == 2 and stats.batch == 1 and stats.threads == 1
     assert 0 < stats.p10_ms <= stats.median_ms <= stats.p90_ms and stats.spread >= 0
+
+
+def test_single_threaded_cpu_runs_are_timed_by_the_thread_clock_by_default(subnet):
+    _, model, x = subnet
+    assert measure_latency(model, x, warmup=1, runs=3, threads=1).clock == "thread"
+    assert measure_latency(model, x, warmup=1, runs=3, threads=2).clock == "wall"
+    assert get_device("cpu").measure(model, x, warmup=1, runs=3).clock == "thread"
+    assert get_device("cpu-ort").measure(model, x, warmup=1, runs=3).clock == "thread"
+
+
+def test_thread_clock_leaves_out_time_the_thread_does_not_run():
+    sleeping = lambda: time.sleep(0.01)  # noqa: E731  (descheduled: wall time passes, no CPU time)
+    assert time_runs(sleeping, 3, "wall").min() >= 10
+    assert time_runs(sleeping, 3, "thread").max() < 5
+
+
+def test_clock_choice_is_checked():
+    assert resolve_clock("auto", threads=1) == "thread"
+    assert resolve_clock("auto", threads=1, on_cpu=False) == "wall"
+    assert resolve_clock("wall", threads=1) == "wall"
+    with pytest.raises(ConfigError, match="single-threaded CPU runs only"):
+        resolve_clock("thread", threads=2)
+    with pytest.raises(ConfigError, match="unknown latency clock 'cycles'"):
+        resolve_clock("cycles", threads=1)
+    with pytest.raises(ConfigError, match="device 'cpu-2t'.*single-threaded"):
+        Device("cpu-2t", "measured", backend="torch", threads=2, clock="thread")
 
 
 def test_torch_threads_restores_the_previous_count():
