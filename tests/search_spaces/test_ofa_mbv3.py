@@ -42,6 +42,18 @@ def test_canonical_zeroes_only_blocks_beyond_depth(ofa):
     assert canon["d"] == config["d"] and canon["r"] == 32
 
 
+@pytest.mark.parametrize("options", [{}, {"sparsity_list": [0.5, 1.0], "bits_list": [4, 8]}])
+def test_mac_features_add_up_to_the_subnet_macs(small_space, options):
+    space = small_space("ofa_mbv3", **options)
+    vectors = space.random_vectors(30, np.random.default_rng(0))
+    features = space.extra_features(vectors)
+    stages, blocks = features[:, 16:21], features[:, 22:]          # after depth, mean k, mean e (5 each), r
+    assert blocks.shape[1] == space.n_blocks
+    np.testing.assert_allclose(stages.sum(axis=1) + features[:, 21], space.macs(vectors) / 1e6, rtol=1e-5)
+    np.testing.assert_allclose(blocks.reshape(30, 5, 4).sum(axis=2), stages, rtol=1e-5)
+    assert np.all(blocks[~space.active_blocks(vectors)] == 0)
+
+
 def test_resolution_outside_choices_is_rejected(ofa):
     with pytest.raises(ConfigError, match="gene 'r'"):
         ofa.validate({**_max_config(ofa), "r": 33})
