@@ -180,7 +180,7 @@ def ofa_run(tiny_digits, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ofa")
     options = {"n_classes": 10, "width_mult": 0.25, "ks_list": "[3,5]", "expand_ratio_list": "[3,4]",
                "depth_list": "[1,2]", "resolutions": "[32,36]"}
-    argv = ["train", "ofa_mbv3", "--data", tiny_digits, "--out", str(folder / "train"), "--epochs", "6",
+    argv = ["train", "ofa_mbv3", "--data", tiny_digits, "--out", str(folder / "train"), "--method", "full", "--epochs", "1",
             "--set", "batch_size=16", "--set", "calib_images=40",
             *[a for k, v in options.items() if k != "n_classes" for a in ("-o", f"{k}={v}")]]
     for args in (argv, ["search", "--space", "ofa_mbv3", "--supernet", str(folder / "train" / "supernet.pt"),
