@@ -56,6 +56,7 @@ class LookupTablePredictor(Predictor):
     """Sum of per-layer latencies from a table, plus a fitted constant overhead (``fit``)."""
 
     min_samples = 1
+    checks_range = True            # predictions go through the space's additive-cost scorer, which checks
 
     def __init__(self, space, target, device=None, key_format: str = "nas"):
         if key_format not in KEY_FORMATS:

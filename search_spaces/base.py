@@ -188,7 +188,9 @@ class SearchSpace(abc.ABC):
         sums over ``graph(config)`` per row; spaces whose layers depend on few genes override this
         with precomputed tables so a batch is scored with numpy indexing (lookup-table latency,
         analytic MACs). Each distinct layer is passed to ``layer_value`` when the scorer is built or
-        first used, so a ``layer_value`` that raises for a missing layer fails early.
+        first used, so a ``layer_value`` that raises for a missing layer fails early. Every scorer must
+        range-check the genes it reads (``check_vectors``, or as it reads them): the lookup-table
+        predictor relies on it.
         """
 
         def score(vectors: np.ndarray) -> np.ndarray:

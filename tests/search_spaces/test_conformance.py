@@ -145,3 +145,14 @@ def test_additive_cost_over_layers_equals_the_analytic_costs(space):
     assert np.array_equal(space.additive_cost(lambda layer: layer["macs"])(vectors), space.macs(vectors))
     generic = search_spaces.SearchSpace.additive_cost(space, lambda layer: layer["params"])  # per-graph path
     assert np.array_equal(generic(vectors), space.params(vectors))
+
+
+def test_additive_cost_scorers_reject_out_of_range_genes(space):
+    """The lookup-table predictor skips its own range check because every scorer checks."""
+    score = space.additive_cost(lambda layer: layer["macs"])
+    for gene in (0, space.n_genes - 1):
+        for bad in (-1, int(space.cardinalities[gene])):
+            vectors = space.random_vectors(4, np.random.default_rng(7))
+            vectors[2, gene] = bad
+            with pytest.raises(ConfigError):
+                score(vectors)
