@@ -3,7 +3,9 @@
 Network (ALGORITHMS.md §6.1, :class:`~search_spaces.ops.sr_blocks.SRNet`): ``cells`` residual body cells
 of ``layers`` searchable body layers and ``layers - 1`` searchable skip branches each (RFDN-style
 distillation, a fixed 8-bit fuse, ESA, ADQ), fixed 8-bit fuse convolutions, a searchable ``upsample``
-layer before the pixel shuffle and a searchable residual ``tail`` at HR.
+layer before the pixel shuffle and a searchable residual ``tail`` at HR; unlike the reference, the
+network's HR output is a residual on the bicubic up-scaling of its input (a fresh network is bicubic
+up-scaling; see :class:`~search_spaces.ops.sr_blocks.SRNet`).
 
 Genes: one per searchable layer, a **joint categorical over (op, bits)**, written ``"op@bits"``
 (``"conv3x3@4"``); choices are op-major (every bit-width of the first op, then of the next), the order of
@@ -13,12 +15,13 @@ them (grouped convolutions do not). Every gene changes the network: ``canonical`
 
 Costs, for one LR image of ``lr_size`` x ``lr_size`` at batch size 1, equal to the counts on the
 extracted network: ``macs`` (:func:`~search_spaces.ops.counting.count_macs`), ``params``
-(:func:`~search_spaces.ops.counting.count_params`: weights, biases, LSQ steps, ADQ's BatchNorm and φ)
+(:func:`~search_spaces.ops.counting.count_params`: weights, biases, LSQ steps, ADQ's BatchNorm and φ,
+the BatchNorms before ``upsample`` and ``tail`` and the two residual gains)
 and ``bitops`` (:func:`~search_spaces.ops.quant.count_bitops`: ``MACs · b_w · b_a`` per convolution, bias
 ignored, with ``b_w = b_a = b``). Every convolution of the extracted network is quantised, searched
 layers at their gene's bits and the fixed ones (fuse convolutions, ESA) at 8 bits, so no layer counts
-at ``count_bitops``'s float convention (32 x 32). Pixel shuffle, pooling, interpolation, ADQ and the
-residual additions count no MACs.
+at ``count_bitops``'s float convention (32 x 32). Pixel shuffle, pooling, interpolation (ESA's and the
+bicubic base), BatchNorm, ADQ, the residual gains and the additions count no MACs.
 
 Supernet (:class:`SRSupernet`): every searchable layer is a :class:`MixedLayer` holding all ops, each
 with one weight tensor shared by its bit-widths, and α. ``space.activate(config)`` makes it compute one
@@ -45,7 +48,7 @@ from search_spaces.base import Config, Gene, LayoutEntry, Metric, SearchSpace
 from search_spaces.ops.quant import SUPPORTED_BITS, QuantConv2d
 from search_spaces.ops.quant_noise import NOISE_KINDS
 from search_spaces.ops.sr_blocks import (
-    ADQ, ESA, FIXED_BITS, SR_OPS, ConvShape, SRNet, SROp, esa_out_sides, esa_shapes,
+    ADQ, ESA, FIXED_BITS, RESIDUAL_GAINS, SR_OPS, ConvShape, SRNet, SROp, esa_out_sides, esa_shapes,
 )
 
 SCALES = (2, 4)
@@ -214,6 +217,11 @@ class QuantNASSRSpace(SearchSpace):
         layers["fuse"] = _fixed_conv(ConvShape(self.n_cells * c, c, 1), side)
         layers["conv"] = _fixed_conv(ConvShape(c, c, 3), side)
         layers["pixel_shuffle"] = _no_macs("pixel_shuffle", 3 * self.scale ** 2, 3, side, side * self.scale, 0)
+        hr = side * self.scale
+        layers["upsample_bn"] = _no_macs("batchnorm", c, c, side, side, 2 * c)
+        layers["bicubic"] = _no_macs("bicubic", 3, 3, side, hr, 0)
+        layers["gains"] = _no_macs("gains", 3, 3, hr, hr, RESIDUAL_GAINS)
+        layers["tail_bn"] = _no_macs("batchnorm", 3, 3, hr, hr, 6)
         return layers
 
     def additive_cost(self, layer_value: Callable[[dict], float]) -> Callable[[np.ndarray], np.ndarray]:
@@ -283,8 +291,9 @@ class QuantNASSRSpace(SearchSpace):
                               (f"cells.{k}.esa", f"cells.{k}.adq"), (cell_input, f"cells.{k}.adq"),
                               (f"cells.{k}.adq", "fuse")])
             cell_input = f"cells.{k}.adq"
-        g.add_edges_from([("fuse", "conv"), ("conv", "upsample"), ("tile", "upsample"),
-                          ("upsample", "pixel_shuffle"), ("pixel_shuffle", "tail")])
+        g.add_edges_from([("fuse", "conv"), ("conv", "upsample_bn"), ("tile", "upsample_bn"),
+                          ("upsample_bn", "upsample"), ("upsample", "pixel_shuffle"), ("pixel_shuffle", "gains"),
+                          ("bicubic", "gains"), ("gains", "tail_bn"), ("tail_bn", "tail"), ("gains", "tail")])
         return g
 
     # ------------------------------------------------------------------ networks

@@ -25,7 +25,7 @@ from torch import nn
 
 from search_spaces.ops.counting import count_macs
 from search_spaces.ops.helpers import same_padding
-from search_spaces.ops.quant_noise import NOISE_KINDS, mix_quant_noise, quant_noise
+from search_spaces.ops.quant_noise import NOISE_KINDS, mix_quant_noise
 
 # HWGQ steps (Cai et al., "Deep Learning with Low Precision by Half-wave Gaussian Quantization", CVPR
 # 2017): uniform quantisers fitted to a unit-variance ReLU-ed Gaussian, copied from the QuantNAS
@@ -224,7 +224,7 @@ class QuantConv2d(nn.Conv2d):
                 sum(p * q(x) for p, q in zip(share, self.act_quant)))
 
     def _noise_mixture(self, tensor: torch.Tensor) -> torch.Tensor:
-        return mix_quant_noise(tensor, self.pi, [quant_noise(tensor, b, self.noise) for b in self.bits])
+        return mix_quant_noise(tensor, self.pi, self.bits, self.noise)
 
     def init_steps(self) -> None:
         """Re-initialise every bit-width's LSQ step from the current weights (see ``init_step``)."""

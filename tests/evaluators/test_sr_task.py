@@ -51,6 +51,15 @@ def test_evaluate_is_the_mean_psnr_of_whole_images():
     assert task.evaluate(_Bicubic(), "test") == pytest.approx(bicubic_psnr(data, "test"))
 
 
+def test_a_fresh_network_scores_exactly_the_bicubic_baseline():
+    # the networks learn a residual on bicubic up-scaling, and both are scored by one protocol
+    data = _data()
+    space = search_spaces.get("quantnas_sr", **TINY)
+    task = SRTask(space, data)
+    space.activate(space.sample(1, seed=0)[0])
+    assert task.evaluate(space.supernet, "val") == pytest.approx(bicubic_psnr(data, "val"), abs=1e-9)
+
+
 def test_scale_and_crop_mismatches_are_refused():
     with pytest.raises(ConfigError, match="built for x2"):
         SRTask(search_spaces.get("quantnas_sr", **TINY), _data(scale=4))

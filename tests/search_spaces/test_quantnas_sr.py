@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn.functional as F
 
 import search_spaces
 from evaluators.backends import export_onnx, ort_session
@@ -25,6 +26,14 @@ from search_spaces.ops.sr_blocks import ADQ
 @pytest.fixture
 def space(small_space):
     return small_space("quantnas_sr")
+
+
+def open_residuals(space):
+    """Give the HR residuals the nonzero gains of a trained network: a fresh one's are zero, so its
+    output is bicubic up-scaling whatever its layers compute, and comparing outputs would test nothing."""
+    with torch.no_grad():
+        space.supernet.gains.copy_(torch.tensor([0.7, 0.4]))
+    return space
 
 
 def test_one_joint_op_bits_gene_per_layer_op_major(space):
@@ -53,7 +62,7 @@ def test_bitops_macs_params_equal_counts_on_the_extracted_network(small_space, a
         assert bitops[i] == count_bitops(net, x)
         assert macs[i] == count_macs(net, x)
         assert params[i] == count_params(net)
-        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == adq
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.cells.modules()) == adq   # ADQ's
 
 
 def test_bitops_of_one_layer_are_macs_times_bits_squared(space):
@@ -79,7 +88,7 @@ def test_derive_takes_a_true_argmax_even_when_every_alpha_is_negative(space):
 
 
 def test_extract_equals_the_supernet_with_one_hot_alphas(space):
-    supernet = space.supernet.eval()
+    supernet = open_residuals(space).supernet.eval()
     for config in space.sample(4, seed=3):
         with torch.no_grad():
             for alpha, index in zip(supernet.arch_parameters(), space.encode(config), strict=True):
@@ -98,7 +107,7 @@ def test_extract_equals_the_supernet_with_one_hot_alphas(space):
 
 
 def test_search_modes_train_alphas_and_weights(space):
-    supernet = space.supernet.train()
+    supernet = open_residuals(space).supernet.train()
     x = space.example_input(space.sample(1)[0], 2)
     for mode in ("noise", "direct"):
         supernet.zero_grad()
@@ -111,6 +120,44 @@ def test_search_modes_train_alphas_and_weights(space):
     assert len(supernet.arch_parameters()) + len(supernet.weight_parameters()) == len(list(supernet.parameters()))
     with pytest.raises(ConfigError, match="search mode"):
         supernet.set_search_mode("float")
+
+
+def test_a_fresh_network_is_bicubic_upscaling_and_learns_a_residual_on_it(space):
+    """The bug this guards: without the bicubic base (and zero gains) a fresh network's output is its
+    random layers' (about 15 dB below bicubic) and a short training ends 5-8 dB below bicubic."""
+    x = space.example_input(space.sample(1)[0], 2)
+    bicubic = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+    for config in space.sample(3, seed=5):
+        space.activate(config)
+        with torch.no_grad():
+            assert torch.equal(space.supernet(x), bicubic)
+            assert torch.equal(space.extract(config)(x), bicubic)
+    for mode in ("noise", "direct"):
+        space.supernet.set_search_mode(mode)
+        space.supernet.zero_grad()
+        out = space.supernet(x)
+        assert torch.equal(out.detach(), bicubic)
+        (out - 2 * bicubic).abs().mean().backward()       # the gains are what learns first
+        assert space.supernet.gains.grad.abs().min() > 0
+
+
+def test_hr_layers_see_normalised_inputs_whatever_the_image_scale(space):
+    """The bug this guards: image-scale inputs to 4-bit ``upsample``/``tail`` fell on a few HWGQ levels and
+    training switched the residual off (features pushed below zero), leaving 4-bit networks at bicubic."""
+    net = open_residuals(space).supernet.train()
+    seen = {}
+    hooks = [getattr(net, name).register_forward_pre_hook(lambda m, args, name=name: seen.setdefault(name, args[0]))
+             for name in ("upsample", "tail")]
+    config = space.sample(1, seed=2)[0]
+    space.activate(config)
+    with torch.no_grad():
+        net(0.3 * space.example_input(config, 4))
+    for hook in hooks:
+        hook.remove()
+    for name, t in seen.items():
+        torch.testing.assert_close(t.mean((0, 2, 3)), torch.zeros(t.shape[1]), atol=1e-4, rtol=0, msg=name)
+        torch.testing.assert_close(t.var((0, 2, 3), unbiased=False), torch.ones(t.shape[1]), atol=5e-2, rtol=0,
+                                   msg=name)
 
 
 def test_expected_cost_of_one_hot_probabilities_is_the_subnet_cost(space):
@@ -167,6 +214,7 @@ def test_bad_options_raise_one_clear_error(small_space, options, match):
 
 
 def test_checkpoint_round_trip_and_mismatch(space, tmp_path):
+    open_residuals(space)
     with torch.no_grad():
         for alpha in space.supernet.arch_parameters():
             alpha.normal_(generator=torch.Generator().manual_seed(0))
@@ -190,7 +238,7 @@ def test_checkpoint_round_trip_and_mismatch(space, tmp_path):
 
 def test_extracted_network_exports_to_onnx_with_qdq_nodes(space, tmp_path):
     config = space.sample(1, seed=6)[0]
-    net, x = space.extract(config).eval(), space.example_input(config, 1)
+    net, x = open_residuals(space).extract(config).eval(), space.example_input(config, 1)
     export_onnx(net, x, str(tmp_path / "sr.onnx"))
     session = ort_session(str(tmp_path / "sr.onnx"))
     y = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]

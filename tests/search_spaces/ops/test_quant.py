@@ -17,7 +17,7 @@ from torch import nn
 from evaluators.backends import export_onnx, ort_session
 from search_spaces.ops.counting import count_macs
 from search_spaces.ops.quant import HWGQ, LSQWeightQuantizer, QuantConv2d, count_bitops
-from search_spaces.ops.quant_noise import mix_quant_noise, noise_step, quant_noise
+from search_spaces.ops.quant_noise import mix_quant_noise, noise_steps
 
 S4, S8 = 0.21305606790772952, 0.020300567823662602  # the reference's HWGQ steps at 4 and 8 bits
 
@@ -26,49 +26,84 @@ S4, S8 = 0.21305606790772952, 0.020300567823662602  # the reference's HWGQ steps
 
 
 def test_noise_step_is_range_over_levels_per_bitwidth():
-    t = torch.tensor([[-1.0, 0.5], [3.0, 2.0]])  # range 4
-    for bits, levels in [(2, 3), (4, 15), (8, 255)]:
-        assert noise_step(t, bits).item() == pytest.approx(4.0 / levels, rel=1e-6)
-    # the same draw, scaled by each bit-width's own step
-    xi = {b: (quant_noise(t, b, generator=torch.Generator().manual_seed(3)) - t) / (4.0 / (2 ** b - 1))
-          for b in (4, 8)}
-    torch.testing.assert_close(xi[4], xi[8], rtol=1e-4, atol=1e-5)
+    t = torch.tensor([[-1.0, 0.5], [3.0, 2.0]], requires_grad=True)  # range 4
+    steps = noise_steps(t, (2, 4, 8))
+    torch.testing.assert_close(steps, torch.tensor([4 / 3, 4 / 15, 4 / 255]))
+    assert not steps.requires_grad
+
+
+def _noise_of(mixed, t, pi):
+    """The random part of a mixture: T̃ − (1/(B+1) + Σπ̂)·T."""
+    beta = 1 / (len(pi) + 1)
+    return mixed.detach() - (beta + (pi / (pi.sum() + beta)).sum()) * t.detach()
 
 
 @pytest.mark.parametrize("kind, std, bound", [("gaussian", 0.5, None), ("uniform", 1 / math.sqrt(12), 0.5)])
-def test_noise_distribution_and_detachment(kind, std, bound):
-    t = torch.linspace(-1.0, 3.0, 200_000, requires_grad=True)
-    noisy = quant_noise(t, 4, kind, generator=torch.Generator().manual_seed(0))
-    xi = (noisy - t.detach()) / (4.0 / 15)
-    assert not noisy.requires_grad
+def test_noise_distribution_of_one_bitwidth(kind, std, bound):
+    t = torch.linspace(-1.0, 3.0, 200_000, requires_grad=True)    # Δ_4 = 4/15
+    pi = torch.tensor([1.0, 0.0])                                  # B = 2: π̂ = (3/4, 0)
+    mixed = mix_quant_noise(t, pi, (4, 8), kind, generator=torch.Generator().manual_seed(0))
+    xi = _noise_of(mixed, t, pi) / (0.75 * 4 / 15)
     assert xi.std().item() == pytest.approx(std, rel=0.01)
     assert abs(xi.mean().item()) < 0.01
     if bound is not None:
         assert xi.abs().max().item() <= bound + 1e-5
     with pytest.raises(ValueError, match="unknown quantisation noise"):
-        quant_noise(t, 4, "laplace")
+        mix_quant_noise(t, pi, (4, 8), "laplace")
+
+
+@pytest.mark.parametrize("kind, std", [("gaussian", 0.5), ("uniform", 1 / math.sqrt(12))])
+def test_noise_of_several_bitwidths_adds_like_independent_draws(kind, std):
+    # the reference draws ξ_b per bit-width: Var Σ π̂_b Δ_b ξ_b = std² · Σ (π̂_b Δ_b)²; π = (0.2, 0.6) over
+    # bits (2, 4): π̂ = (3/17, 9/17), Δ = (4/3, 4/15): sqrt((4/17)² + (36/255)²) = 0.2744
+    t = torch.linspace(-1.0, 3.0, 200_000)
+    pi = torch.tensor([0.2, 0.6])
+    noise = _noise_of(mix_quant_noise(t, pi, (2, 4), kind, generator=torch.Generator().manual_seed(1)), t, pi)
+    assert noise.std().item() == pytest.approx(std * 0.27440, rel=0.01)
+
+
+@pytest.mark.parametrize("bits", [(4,), (2, 4, 8)])
+def test_gaussian_mixture_draws_one_random_tensor_whatever_the_bitwidths(bits):
+    # what makes noise search cheaper than direct quantisation: not one draw (and range) per bit-width
+    t = torch.randn(6, 5)
+    generator = torch.Generator().manual_seed(2)
+    mix_quant_noise(t, torch.full((len(bits),), 0.2), bits, generator=generator)
+    after_one = torch.Generator().manual_seed(2)
+    torch.randn(t.shape, generator=after_one)
+    assert torch.equal(torch.rand(3, generator=generator), torch.rand(3, generator=after_one))
 
 
 def test_mixed_tensor_on_a_hand_made_example():
-    t = torch.tensor([1.0, -2.0])
-    noisy = [torch.tensor([1.1, -2.2]), torch.tensor([0.9, -1.8])]  # stand-ins for sg(QN_4), sg(QN_8)
+    t = torch.tensor([1.0, -2.0])                               # range 3: Δ = (3/15, 3/255) at bits (4, 8)
     pi = torch.tensor([0.2, 0.6], requires_grad=True)
-    mixed = mix_quant_noise(t, pi, noisy)
-    # B = 2: T/3; Σπ + 1/3 = 17/15, so π̂ = (3/17, 9/17)
-    # 1/3 + (3·1.1 + 9·0.9)/17 = 1.0039216;  −2/3 + (3·(−2.2) + 9·(−1.8))/17 = −2.0078431
-    torch.testing.assert_close(mixed, torch.tensor([1.0039216, -2.0078431]))
-    # d Σ T̃ / dπ_b = n_b/D − Σ_c π_c n_c / D² with n = (−1.1, −0.9), D = 17/15, Σ π_c n_c = −0.76
+    mixed = mix_quant_noise(t, pi, (4, 8), generator=torch.Generator().manual_seed(0))
+    # B = 2: T/3; Σπ + 1/3 = 17/15, so π̂ = (3/17, 9/17) and T's factor 1/3 + 12/17 = 53/51
+    # noise: ξ/2 · sqrt((3/17 · 0.2)² + (9/17 · 3/255)²) = ξ · 0.0179200 with ξ the seeded standard draw
+    xi = torch.randn(2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(mixed, torch.tensor([53 / 51, -106 / 51]) + 0.0179200 * xi)
+    # d Σ T̃ / dπ_b: ΣT · d(Σπ̂)/dπ_b = −1 · (1/3)/(17/15)² = −0.2595156 for both, plus Σξ · dσ/dπ_b with
+    # σ = ‖π̂ ⊙ Δ‖/2: dσ/dπ̂ = π̂ ⊙ Δ² / (2‖π̂ ⊙ Δ‖) = (0.0984784, 0.0010223);
+    # dπ̂_c/dπ_b = (δ_cb − π̂_c)/(17/15)
+    dsigma = torch.tensor([0.0984784, 0.0010223])
+    jacobian = (torch.eye(2) - torch.tensor([3 / 17, 9 / 17])[:, None]) / (17 / 15)   # [c, b]
     mixed.sum().backward()
-    torch.testing.assert_close(pi.grad, torch.tensor([-0.3788927, -0.2024221]))
+    torch.testing.assert_close(pi.grad, -0.2595156 + xi.sum() * (dsigma @ jacobian), rtol=1e-3, atol=1e-5)
     with pytest.raises(ValueError, match="bit choices"):
-        mix_quant_noise(t, torch.tensor([1.0]), noisy)
+        mix_quant_noise(t, torch.tensor([1.0]), (4, 8))
 
 
 def test_mixed_tensor_gradient_reaches_the_tensor_only_through_the_full_precision_term():
     t = torch.randn(3, 4, requires_grad=True)
-    noisy = [quant_noise(t, b) for b in (2, 4, 8)]
-    mix_quant_noise(t, torch.tensor([0.1, 0.2, 0.3]), noisy).sum().backward()
+    mix_quant_noise(t, torch.tensor([0.1, 0.2, 0.3]), (2, 4, 8)).sum().backward()
     torch.testing.assert_close(t.grad, torch.full((3, 4), 0.25))  # 1/(B+1), B = 3
+
+
+def test_mixture_of_a_constant_tensor_or_a_zero_slice_has_finite_gradients():
+    # no noise at all (range 0, or π = 0): the noise scale is 0, where a norm's gradient must not be NaN
+    for t, pi in ((torch.ones(5), torch.tensor([0.3, 0.2])), (torch.randn(5), torch.zeros(2))):
+        pi.requires_grad_(True)
+        mix_quant_noise(t, pi, (4, 8)).sum().backward()
+        assert torch.isfinite(pi.grad).all()
 
 
 # ------------------------------------------------------------------------------------------------ LSQ
@@ -148,7 +183,7 @@ def test_quantconv_shares_one_weight_across_bitwidths():
     assert not torch.allclose(outputs[4], outputs[8], atol=1e-3)
     with torch.no_grad():
         layer.weight.mul_(-1)
-    for i, bits in enumerate(layer.bits):
+    for bits in layer.bits:
         layer.set_mode("direct", bits=bits)
         assert not torch.allclose(layer(x), outputs[bits])
 
