@@ -197,7 +197,20 @@ def test_connected_and_extra_features(small):
                             _ops("none", "none", "nor_conv_3x3", "none", "none", "avg_pool_3x3")])
     assert small.connected(vectors).tolist() == [False, True, False]
     assert small.table_value(vectors[[0, 2]], "test_acc_cifar10").tolist() == [10.0, 10.0]
-    assert small.extra_features(vectors)[1].tolist() == [4, 1, 1, 0, 0, 1]
+    assert small.extra_features(vectors)[1, :6].tolist() == [4, 1, 1, 0, 0, 1]
+
+
+def test_path_aggregates_count_only_what_the_image_flows_through(small):
+    # 0->1 conv3x3, 1->3 conv3x3 (live path of two convs); 1->2 conv1x1 is dead (2->3 is none); 0->3 skip
+    cells = small.encode([_ops("nor_conv_3x3", "none", "nor_conv_1x1", "skip_connect", "nor_conv_3x3", "none"),
+                          # every path live: 0->1->2->3 has three convs, two of them conv3x3
+                          _ops("nor_conv_3x3", "avg_pool_3x3", "nor_conv_1x1", "skip_connect", "skip_connect",
+                               "nor_conv_3x3"),
+                          _ops("none", "none", "nor_conv_3x3", "none", "nor_conv_3x3", "avg_pool_3x3")])
+    # live counts of skip, conv1x1, conv3x3, avg-pool; most conv3x3 / convs on one path; live paths
+    assert small.extra_features(cells)[:, 6:].tolist() == [[1, 0, 2, 0, 2, 2, 2],
+                                                          [2, 1, 2, 1, 2, 3, 4],
+                                                          [0, 0, 0, 0, 0, 0, 0]]
 
 
 # ----------------------------------------------------------------------------- networks
