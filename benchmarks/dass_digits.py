@@ -18,18 +18,23 @@ Everything runs on one thread (the machine is shared).
 
 from __future__ import annotations
 
-import argparse
-import json
-import tempfile
-import time
+import sys
 from pathlib import Path
 
-import numpy as np
-import torch
+# Run as a script, this file's folder leads sys.path and its names would shadow the packages.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from evaluators.tasks import space_and_task
-from search_spaces.ops.sparse_exec import _sparse_exec_of, replace_modules
-from search_spaces.training.bilevel import BilevelSearch, config_for
+import argparse  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from evaluators.tasks import space_and_task  # noqa: E402
+from search_spaces.ops.sparse_exec import _sparse_exec_of, replace_modules  # noqa: E402
+from search_spaces.training.bilevel import BilevelSearch, config_for  # noqa: E402
 
 
 def run_search(out: Path, method: str, space_options: dict, epochs: int, steps: int, batch: int, seed: int,

@@ -1,16 +1,21 @@
 """Elastic sparsity on ``dass_darts``: one supernet trained once for every keep ratio, against one
 supernet per keep ratio trained for that ratio alone, at the same budget, side by side in one run.
 
-Both are trained by the ``elastic_sparsity`` method (every step: ``subnets`` subnets with ops, kept
-edges and keep genes drawn uniformly; weights and scores trained jointly). The elastic supernet's space
-holds every keep ratio of the list (each cell, the stem and the classifier draw theirs independently);
-a per-ratio supernet's space holds that one ratio. Same epochs, batch size, learning rate, subnets per
-step and seed for every model.
+Both are trained by the ``elastic_sparsity`` method (every step: ``subnets`` random subnets, each at
+one keep ratio for the whole network drawn between the densest and the sparsest, and the first one's
+architecture also dense and at the sparsest ratio, the sandwich rule; weights and scores trained
+jointly, scores at ``score_lr`` times the learning rate). The elastic supernet's space holds every keep
+ratio of the list; a per-ratio supernet's space holds that one ratio, so its steps train its one
+subnet once (the elastic supernet computes up to ``2 + subnets`` forward/backward passes per step, as
+printed). Same epochs, batch size, learning rates, subnets per step and seed for every model.
 
 ``--genotype fixed`` (default) restricts the ops and edges to one genotype (every node: states 0 and 1,
 ``sep_conv_3x3`` on both) through the phase's choices, so only the keep ratios are elastic; ``sampled``
-draws ops and edges too (on digits at these budgets that supernet did not learn at all, elastic or not:
-an open problem of weight sharing over DARTS genotypes here, see the report).
+draws ops and edges too. On digits at these budgets a supernet over sampled DARTS genotypes barely
+learns, elastic or not: random input pairs make deep chains of separable convolutions (a fixed
+sep_conv genotype with random input pairs alone stays near chance for two epochs), and genotypes with
+pools and skips feed the shared classifier features of very different scales (logits blow up at
+lr 0.05). An open problem of weight sharing over DARTS genotypes at this budget, not of sparsity.
 
 Accuracy: test split, BatchNorm re-calibrated per subnet, at a uniform keep ratio ``k`` (every cell, stem
 and classifier at ``k``), of the fixed genotype or the median over ``--genotypes`` random ones. Goal
@@ -44,16 +49,21 @@ FIXED = {"normal_inputs": ["0,1"], "reduce_inputs": ["0,1"], "normal_ops": ["sep
 
 
 def train(space_options: dict, args, folder: Path):
+    """The trained supernet's space, its data, seconds, and forward/backward passes per step."""
     config = TrainConfig(space="dass_darts", space_options=space_options, data=args.data, method="elastic_sparsity",
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, subnets=args.subnets,
-                         seed=args.seed)
+                         score_lr=args.score_lr, seed=args.seed)
     space, data = prepare(config)
     started = time.perf_counter()
     trainer = Trainer.start(space, data, config, folder)
     if args.genotype == "fixed":
         trainer.phases[0].choices = FIXED
+    passes, activate = [0], space.activate
+    space.activate = lambda c: (passes.__setitem__(0, passes[0] + 1), activate(c))[1]
     trainer.run()
-    return space, data, time.perf_counter() - started
+    space.activate = activate
+    steps = trainer.position["step"]
+    return space, data, time.perf_counter() - started, passes[0] / steps
 
 
 def at_keep(space, genotypes: list[dict], keep: float) -> list[dict]:
@@ -77,6 +87,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--subnets", type=int, default=1)
+    parser.add_argument("--score-lr", type=float, default=TrainConfig.score_lr)
     parser.add_argument("--genotypes", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -85,13 +96,14 @@ def main() -> None:
     keeps = [float(k) for k in args.keep.split(",")]
     base = {"C": args.C, "layers": args.layers, "resolution": args.resolution}
     print(f"dass_darts {base} on {args.data} (upsampled to {args.resolution}x{args.resolution}), keep ratios {keeps}; "
-          f"per model: {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, {args.subnets} subnet(s)/step, "
+          f"per model: {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, score_lr {args.score_lr}, "
+          f"{args.subnets} random subnet(s)/step, "
           f"seed {args.seed}; genotype {args.genotype}; accuracy: test split, BN re-calibrated"
           f"{'' if args.genotype == 'fixed' else f', median of {args.genotypes} random genotypes'}; "
           f"{args.threads} thread(s)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        space, data, seconds = train({**base, "keep_ratios": keeps}, args, Path(tmp) / "elastic")
-        print(f"  elastic supernet trained in {seconds:.0f} s", flush=True)
+        space, data, seconds, passes = train({**base, "keep_ratios": keeps}, args, Path(tmp) / "elastic")
+        print(f"  elastic supernet trained in {seconds:.0f} s, {passes:.2f} passes/step", flush=True)
         genotypes = space.sample(args.genotypes, seed=1000 + args.seed)
         if args.genotype == "fixed":
             n = len(space.sample(1)[0]["normal_ops"]) // 2
@@ -99,9 +111,9 @@ def main() -> None:
         elastic = {k: test_accuracy(space, data, at_keep(space, genotypes, k)) for k in keeps}
         alone = {}
         for k in keeps:
-            single, single_data, seconds = train({**base, "keep_ratios": [k]}, args, Path(tmp) / f"keep{k}")
+            single, single_data, seconds, passes = train({**base, "keep_ratios": [k]}, args, Path(tmp) / f"keep{k}")
             alone[k] = test_accuracy(single, single_data, at_keep(single, genotypes, k))
-            print(f"  keep {k} supernet trained in {seconds:.0f} s", flush=True)
+            print(f"  keep {k} supernet trained in {seconds:.0f} s, {passes:.2f} passes/step", flush=True)
     print(f"\n{'keep':>6} {'elastic':>8} {'alone':>8} {'diff':>7}   per genotype (elastic | alone)")
     worst = 0.0
     for k in keeps:

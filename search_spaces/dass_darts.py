@@ -10,6 +10,10 @@ Config (one key per group of genes, in encoding order)::
      "keep": [1.0, 0.1, ...],                             # keep ratio of every sparse op of each cell
      "keep_stem": 1.0, "keep_classifier": 0.1}
 
+Keep genes list the ``keep_ratios`` option sorted from the sparsest to the densest, as every space
+orders its choices from the smallest network to the largest (so the sandwich rule's largest subnet
+is the dense one and its smallest the sparsest).
+
 States are DARTS' genotype indices (0 = ``c_{k-2}``, 1 = ``c_{k-1}``, ``2 + m`` = node ``m``), so
 node ``n`` chooses one of the ``C(n + 2, 2)`` input pairs. Ops are the space's op list without
 ``none`` (DARTS' derivation never keeps it). Writing each node's inputs as an ordered pair is the
@@ -424,7 +428,7 @@ def _check_keep_ratios(keep_ratios) -> tuple[float, ...]:
     ratios = tuple(check_keep_ratio(k) for k in keep_ratios)
     if len(set(ratios)) != len(ratios):
         raise ConfigError(f"dass_darts: keep_ratios must be distinct; got {list(keep_ratios)}")
-    return ratios
+    return tuple(sorted(ratios))
 
 
 def _attrs(layer: dict[str, Any]) -> dict[str, Any]:

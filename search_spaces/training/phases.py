@@ -45,7 +45,8 @@ class Phase:
     name: str
     epochs: int
     lr: float
-    #: Config key -> allowed values; keys left out keep all their values.
+    #: Config key (every gene of it) or gene name (that gene alone) -> allowed values; genes left out
+    #: keep all their values.
     choices: dict[str, list] = field(default_factory=dict)
     #: Random subnets (from the allowed choices) trained per step.
     subnets: int = 1
@@ -53,6 +54,13 @@ class Phase:
     include_max: bool = False
     #: Train the smallest allowed subnet in every step (the sandwich rule).
     include_min: bool = False
+    #: Config keys the largest and smallest subnets take at their extremes, their other genes those of
+    #: the step's first random subnet (elastic sparsity: one random architecture, dense, sparsest and at
+    #: random keep ratios). ``None``: every key at its extreme.
+    sandwich_keys: tuple[str, ...] | None = None
+    #: Config keys whose genes a random subnet draws together: one value, among those all of them
+    #: allow, for every gene of these keys (elastic sparsity: one keep ratio for the whole network).
+    tied_keys: tuple[str, ...] = ()
     #: Where the phase sits on the cosine curve, as fractions ``(from, to)`` of its length.
     lr_span: tuple[float, float] = (0.0, 1.0)
     warmup_epochs: int = 0
@@ -79,18 +87,21 @@ class ChoiceSampler:
     def __init__(self, space: SearchSpace, choices: dict[str, list]):
         self.space = space
         keys = [e.key for e in space.config_layout]
-        unknown = sorted(set(choices) - set(keys))
+        unknown = sorted(set(choices) - set(keys) - {gene.name for gene in space.genes})
         if unknown:
-            raise ConfigError(f"phase choices name unknown config keys {unknown} of {space.name} (keys {keys})")
+            raise ConfigError(f"phase choices name unknown config keys or genes {unknown} of {space.name} "
+                              f"(keys {keys})")
         self.allowed: list[np.ndarray] = []
+        self._gene_keys: list[str] = []
         genes = iter(space.genes)
         for entry in space.config_layout:
             for _ in range(entry.n_genes):
                 gene = next(genes)
-                values = choices.get(entry.key, gene.choices)
+                self._gene_keys.append(entry.key)
+                values = choices.get(gene.name, choices.get(entry.key, gene.choices))
                 index = sorted({gene.index_of(v) for v in values})
                 if not index:
-                    raise ConfigError(f"phase choices for {entry.key!r} are empty")
+                    raise ConfigError(f"phase choices for {gene.name!r} are empty")
                 self.allowed.append(np.asarray(index, dtype=np.int64))
 
     def random(self, n: int, rng: np.random.Generator) -> list[Config]:
@@ -104,18 +115,57 @@ class ChoiceSampler:
         return self.space.decode(np.array([a[0] for a in self.allowed]))
 
     def step_configs(self, phase: Phase, rng: np.random.Generator) -> list[tuple[Config, str]]:
-        """The subnets one step of ``phase`` trains, each tagged ``max``, ``min`` or ``random``."""
-        out: list[tuple[Config, str]] = []
-        if phase.include_max:
-            out.append((self.largest(), "max"))
-        out += [(c, "random") for c in self.random(phase.subnets, rng)]
+        """The subnets one step of ``phase`` trains, each tagged ``max``, ``min`` or ``random``.
+
+        Each distinct subnet once (the first time it comes): where the allowed choices leave few
+        subnets, training one twice in a step would only double its gradient.
+        """
+        randoms = self.tie(self.random(phase.subnets, rng), phase.tied_keys, rng,
+                           inner=phase.include_max and phase.include_min)
+        anchor = None
+        if phase.sandwich_keys is not None and (phase.include_max or phase.include_min):
+            anchor = randoms[0] if randoms else self.random(1, rng)[0]
+        tagged = [(self._sandwich_end(self.largest(), phase.sandwich_keys, anchor), "max")] if phase.include_max else []
+        tagged += [(c, "random") for c in randoms]
         if phase.include_min:
-            out.append((self.smallest(), "min"))
+            tagged.append((self._sandwich_end(self.smallest(), phase.sandwich_keys, anchor), "min"))
+        out, seen = [], []
+        for config, tag in tagged:
+            if config not in seen:
+                seen.append(config)
+                out.append((config, tag))
         return out
+
+    def tie(self, configs: list[Config], keys: tuple[str, ...], rng: np.random.Generator,
+            inner: bool = False) -> list[Config]:
+        """``configs`` with every gene of ``keys`` set to one value per config, drawn uniformly from the
+        values every one of those genes allows; with ``inner``, from those between the first and the
+        last where there are any (the sandwich trains both ends in every step already)."""
+        if not keys or not configs:
+            return configs
+        columns = [i for i, key in enumerate(self._gene_keys) if key in keys]
+        common = set.intersection(*({self.space.genes[i].choices[j] for j in self.allowed[i]} for i in columns))
+        if not common:
+            raise ConfigError(f"phase ties keys {list(keys)}, but their genes allow no value in common")
+        values = [v for v in self.space.genes[columns[0]].choices if v in common]
+        if inner and len(values) > 2:
+            values = values[1:-1]
+        vectors = self.space.encode(configs)
+        for row, value in zip(vectors, rng.choice(len(values), size=len(configs))):
+            for i in columns:
+                row[i] = self.space.genes[i].index_of(values[value])
+        return self.space.decode(vectors)
+
+    @staticmethod
+    def _sandwich_end(end: Config, keys: tuple[str, ...] | None, anchor: Config | None) -> Config:
+        """``end`` (the largest or smallest subnet), or ``anchor`` with ``keys`` taken from ``end``."""
+        return end if keys is None else {**anchor, **{key: end[key] for key in keys}}
 
 
 def phase_summary(phases: list[Phase]) -> list[dict[str, Any]]:
     """A JSON-able description of ``phases`` (for logs and checkpoints)."""
     return [{"name": p.name, "epochs": p.epochs, "lr": p.lr, "choices": p.choices, "subnets": p.subnets,
-             "include_max": p.include_max, "include_min": p.include_min, "lr_span": list(p.lr_span),
+             "include_max": p.include_max, "include_min": p.include_min,
+             "sandwich_keys": None if p.sandwich_keys is None else list(p.sandwich_keys),
+             "tied_keys": list(p.tied_keys), "lr_span": list(p.lr_span),
              "warmup_epochs": p.warmup_epochs} for p in phases]

@@ -30,6 +30,7 @@ from nas.atomic import atomic_write_bytes
 from nas.errors import CheckpointError, ConfigError
 from search_spaces.base import Config, SearchSpace
 from search_spaces.checkpoint import atomic_torch_save, read_checkpoint, save_supernet
+from search_spaces.ops.sparse import sparse_layers
 from search_spaces.training.methods import TrainConfig, build_phases
 from search_spaces.training.phases import ChoiceSampler, Phase, phase_summary
 
@@ -151,7 +152,7 @@ class Trainer:
             progress = (self.position["epoch"] * n_steps + i) / (phase.epochs * n_steps)
             lr = phase.lr_at(progress, self.position["epoch"] + i / n_steps)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             start = time.perf_counter()
             loss = self._step(phase, sampler, x, y, self.position["step"] / total_steps)
             self.position["step"] += 1
@@ -203,13 +204,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ pieces
     def _optimizer(self) -> torch.optim.Optimizer:
-        """SGD with Nesterov momentum; no weight decay on BatchNorm parameters and biases."""
-        decay = [p for p in self.net.parameters() if p.requires_grad and p.dim() > 1]
-        no_decay = [p for p in self.net.parameters() if p.requires_grad and p.dim() <= 1]
+        """SGD with Nesterov momentum; no weight decay on BatchNorm parameters and biases. The sparse
+        ops' scores, where the supernet has any, form a third group: no weight decay, the learning rate
+        scaled by ``score_lr``."""
         cfg = self.config
-        return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                                {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, momentum=cfg.momentum,
-                               nesterov=cfg.nesterov and cfg.momentum > 0)
+        scores = {id(layer.scores) for layer in sparse_layers(self.net)}
+        trainable = [p for p in self.net.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in trainable if p.dim() > 1 and id(p) not in scores], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in trainable if p.dim() <= 1], "weight_decay": 0.0}]
+        score_params = [p for p in trainable if id(p) in scores]
+        if score_params:
+            groups.append({"params": score_params, "weight_decay": 0.0, "lr_scale": cfg.score_lr})
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
     def _frozen_teacher(self) -> torch.nn.Module:
         """The full network as it is now, frozen (OFA's teacher: the trained largest subnet)."""

@@ -201,3 +201,11 @@ def test_checkpoint_round_trip_and_mismatch(space, tmp_path):
     torch.save({**data, "state_dict": wider.supernet.state_dict()}, tmp_path / "mismatch.pt")
     with pytest.raises(CheckpointError, match="mismatch.pt: Error.*loading state_dict"):
         load_supernet(tmp_path / "mismatch.pt")
+
+
+def test_keep_genes_run_from_the_sparsest_to_the_dense_network():
+    """Every space orders choices from the smallest network to the largest: the largest subnet is dense."""
+    space = search_spaces.get("dass_darts", C=4, layers=3, keep_ratios=[1.0, 0.05, 0.3])
+    keep_genes = [gene for gene in space.genes if gene.name.startswith("keep")]
+    assert len(keep_genes) == 5 and all(gene.choices == (0.05, 0.3, 1.0) for gene in keep_genes)
+    assert space.options["keep_ratios"] == [0.05, 0.3, 1.0]

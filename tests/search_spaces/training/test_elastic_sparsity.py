@@ -40,14 +40,60 @@ def test_elastic_sparsity_needs_keep_ratio_genes(small_space):
         build_phases(small_space("ofa_mbv3"), TrainConfig(method="elastic_sparsity"))
     phases, kd = build_phases(small_space("dass_darts"), TrainConfig(method="elastic_sparsity", epochs=3))
     assert [(p.name, p.epochs, p.choices, p.subnets) for p in phases] == [("elastic", 3, {}, 2)] and kd == "none"
+    (phase,) = phases
+    assert phase.include_max and phase.include_min                  # the sandwich rule over the keep ratios
+    assert phase.sandwich_keys == ("keep", "keep_stem", "keep_classifier")
+    _, kd = build_phases(small_space("dass_darts"), TrainConfig(method="elastic_sparsity", kd="inplace"))
+    assert kd == "inplace"
+
+
+class LearningRates:
+    """A progress receiver recording, after every step, the learning rate of each optimiser group."""
+
+    def __init__(self):
+        self.trainer, self.rates = None, []
+
+    def epoch(self, *args):
+        pass
+
+    def step(self, loss, images_per_second):
+        self.rates.append([(g["lr"], g["weight_decay"], len(g["params"])) for g in self.trainer.optimizer.param_groups])
+
+    def phase_done(self, record):
+        pass
+
+
+def test_scores_train_at_a_fraction_of_the_learning_rate_without_weight_decay(tiny_digits, tmp_path):
+    config = TrainConfig(space="dass_darts", space_options=dict(TINY), data=tiny_digits, method="elastic_sparsity",
+                         epochs=1, score_lr=0.25, weight_decay=1e-3, **FAST)
+    space, data = prepare(config)
+    progress = LearningRates()
+    progress.trainer = Trainer.start(space, data, config, tmp_path / "run", progress=progress)
+    progress.trainer.run()
+    n_scores = sum(1 for name, _ in space.supernet.named_parameters() if name.endswith("scores"))
+    assert progress.rates
+    for (w_lr, w_decay, _), (_, bn_decay, _), (s_lr, s_decay, n) in progress.rates:
+        assert s_lr == pytest.approx(0.25 * w_lr) and (w_decay, bn_decay, s_decay) == (1e-3, 0.0, 0.0)
+        assert n == n_scores
+    with pytest.raises(ConfigError, match="score_lr"):
+        TrainConfig(score_lr=-1).validate()
 
 
 def test_train_then_search_accuracy_latency_and_nonzero_macs_through_the_cli(tiny_digits, tmp_path, cli):
     options = [arg for k, v in TINY.items() for arg in ("-o", f"{k}={json.dumps(v)}")]
     settings = [arg for k, v in FAST.items() for arg in ("--set", f"{k}={v}")]
     code, out, err = cli(["train", "dass_darts", "--data", tiny_digits, "--method", "elastic_sparsity", "--epochs",
-                           "1", "--out", str(tmp_path / "train"), *options, *settings])
-    assert code == 0, err
+                           "1", "--out", str(tmp_path / "train"), "--threads", "0", *options, *settings])
+    assert code == 2 and "--threads must be >= 1" in out + err and not (tmp_path / "train").exists()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        code, out, err = cli(["train", "dass_darts", "--data", tiny_digits, "--method", "elastic_sparsity", "--epochs",
+                               "1", "--out", str(tmp_path / "train"), "--threads", "1", *options, *settings])
+        assert code == 0, err
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert "phase elastic done" in out
     run_dir = tmp_path / "search"
     code, out, err = cli(["search", "--space", "dass_darts", "--supernet", str(tmp_path / "train" / "supernet.pt"),

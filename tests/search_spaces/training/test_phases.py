@@ -109,3 +109,54 @@ def test_sorted_training_samples_the_grid_with_the_full_model(small_space):
     phases, kd = build_phases(small_space("sortednet_cnn"), TrainConfig(method="sorted", kd="inplace",
                                                                          sorted_include_max=False))
     assert not phases[0].include_max and kd == "inplace"
+
+
+def test_the_full_phase_trains_each_spaces_own_largest_subnet(small_space):
+    """``full``/``deps``/``ps`` pin every gene to its last choice, also where the genes of one config key
+    choose from different lists (each node of a ``dass_darts`` cell from its own input pairs)."""
+    for name in search_spaces.names():
+        space = small_space(name)
+        if space.training_method is None:
+            continue
+        (phase,), _ = build_phases(space, TrainConfig(method="full", epochs=1))
+        pinned = ChoiceSampler(space, phase.choices)
+        largest = ChoiceSampler(space, {}).largest()
+        assert pinned.largest() == pinned.smallest() == largest, name
+        assert pinned.random(3, np.random.default_rng(0)) == [largest] * 3, name
+
+
+def test_choices_can_name_single_genes(small_space):
+    space = small_space("dass_darts")
+    sampler = ChoiceSampler(space, {"normal_inputs.2": ["1,3"], "normal_inputs": ["0,1"]})
+    for config in sampler.random(5, np.random.default_rng(0)):
+        assert config["normal_inputs"] == ["0,1", "0,1", "1,3", "0,1"]
+    with pytest.raises(ConfigError, match="unknown config keys or genes"):
+        ChoiceSampler(space, {"normal_inputs.9": ["0,1"]})
+
+
+def test_keep_sandwich_shares_the_random_architecture_and_each_subnet_trains_once(small_space):
+    space = small_space("dass_darts", keep_ratios=[1.0, 0.05, 0.3])
+    keys = ("keep", "keep_stem", "keep_classifier")
+    phase = Phase("p", 1, 0.1, subnets=2, include_max=True, include_min=True, sandwich_keys=keys, tied_keys=keys)
+    rng = np.random.default_rng(0)
+    ratios = set()
+    for _ in range(12):
+        step = ChoiceSampler(space, {}).step_configs(phase, rng)
+        (dense, tag), configs = step[0], [c for c, _ in step]
+        assert tag == "max" and dense["keep"] == [1.0] * space.layers and dense["keep_classifier"] == 1.0
+        sparsest = {**dense, "keep": [0.05] * space.layers, "keep_stem": 0.05, "keep_classifier": 0.05}
+        assert sparsest in configs                       # the sandwich keeps the first random architecture
+        assert len({str(c) for c in configs}) == len(configs)  # a random subnet equal to an end trains once
+        for config in configs:                           # one keep ratio for the whole random subnet
+            assert set(config["keep"]) == {config["keep_stem"]} == {config["keep_classifier"]}
+            ratios.add(config["keep_stem"])
+        assert all(c["keep_stem"] == 0.3 for c, tag in step if tag == "random")  # the ends train anyway
+    assert ratios == {1.0, 0.05, 0.3}
+    two = ChoiceSampler(small_space("dass_darts", keep_ratios=[1.0, 0.05]), {})
+    assert {c["keep_stem"] for c, tag in two.step_configs(phase, rng) if tag == "random"} <= {1.0, 0.05}
+    with pytest.raises(ConfigError, match="no value in common"):
+        ChoiceSampler(space, {"keep_stem": [1.0], "keep_classifier": [0.05]}).step_configs(phase, rng)
+    single = small_space("dass_darts", keep_ratios=[0.3])
+    fixed = {"normal_ops": ["skip_connect"], "reduce_ops": ["skip_connect"], "normal_inputs": ["0,1"],
+             "reduce_inputs": ["0,1"]}
+    assert len(ChoiceSampler(single, fixed).step_configs(phase, rng)) == 1
