@@ -8,8 +8,9 @@ On the CPU a run is timed by one of :data:`CLOCKS`. ``wall`` is elapsed time. ``
 time of the measuring thread: a single-threaded run (torch with one intra-op thread, ONNX Runtime with
 ``intra_op_num_threads=1``) computes entirely in that thread, so on a dedicated core the two agree,
 while on a shared machine ``thread`` leaves out the time the OS gives other processes. On this project's
-shared 2-core VM that cut the run-to-run spread of the same subnets from 41-75 % (wall) to 15-16 %
-(thread). ``auto`` takes ``thread`` for one thread on the CPU and ``wall`` otherwise; a multi-threaded
+shared 2-core VM under load that cut the run-to-run spread of the same subnets from 41-75 % (wall) to
+15-16 % (thread). It cannot remove what slows the thread itself (a busy host, clock-speed drift): with
+the VM idle both clocks still spread 12 %. ``auto`` takes ``thread`` for one thread on the CPU and ``wall`` otherwise; a multi-threaded
 run must use ``wall``, since the other threads' time would not be counted.
 """
 
