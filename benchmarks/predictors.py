@@ -9,7 +9,7 @@ Targets (issue: devices and predictors):
   * NB201 device tables: a learned predictor trained on 100 random architectures, tested on all the
     rest, for every device: Kendall tau and MAPE.
 The ``remeasure`` row scores the test subnets' second measurement against their first: the ceiling of
-any predictor on this machine (on the shared 2-core VM it was tau 0.3-0.5).
+any predictor on this machine (on the shared 2-core VM: tau 0.28-0.72, MAPE 7.7-21 %).
 Measurements: torch eager, batch 1, one thread, timed by that thread's CPU time (the ``cpu`` device's
 default clock, see ``evaluators.latency``); each latency is the smallest of ``--rounds`` (3) interleaved
 round medians of ``--runs`` runs after warm-up (``evaluators.measure``), pinned to one core.
