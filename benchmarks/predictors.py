@@ -33,7 +33,7 @@ import torch  # noqa: E402
 import predictors  # noqa: E402
 import search_spaces  # noqa: E402
 from evaluators.devices import get_device  # noqa: E402
-from evaluators.latency import CLOCKS  # noqa: E402
+from evaluators.latency import time_runs  # noqa: E402
 from evaluators.measure import measure_subnets, unique_random_vectors  # noqa: E402
 from predictors.lut import LookupTablePredictor  # noqa: E402
 from predictors.metrics import quality_report  # noqa: E402
@@ -49,17 +49,10 @@ def throughput(batch: int, loop: int) -> None:
     print("(per second of this thread's CPU time, which other processes on a shared machine do not inflate; "
           "wall-clock rate beside it)")
     for clock in ("thread", "wall"):
-        best = min(_timed(lambda: lut.predict(vectors), clock) for _ in range(5))
-        one_by_one = _timed(lambda: [lut.predict(vectors[i:i + 1]) for i in range(loop)], clock) / loop
+        best = time_runs(lambda: lut.predict(vectors), 5, clock).min() / 1e3                      # seconds
+        one_by_one = time_runs(lambda: [lut.predict(vectors[i:i + 1]) for i in range(loop)], 1, clock)[0] / 1e3 / loop
         print(f"{clock:>6} clock: batched ({batch:,} per call) {batch / best:,.0f} predictions/s (goal >= 10,000,000); "
               f"one by one in a Python loop {1 / one_by_one:,.0f}/s; ratio {batch / best * one_by_one:,.0f}x")
-
-
-def _timed(fn, clock: str) -> float:
-    now = CLOCKS[clock]
-    start = now()
-    fn()
-    return now() - start
 
 
 def measured_cpu(width: float, resolutions: list[int], n_train: int, n_test: int, n_calib: int,

@@ -128,9 +128,7 @@ def _supernet_accuracy(context: Context) -> Evaluate:
     from evaluators.accuracy import SubnetAccuracy, data_for
 
     space = context.space
-    if context.supernet is None:
-        raise ConfigError(f"the accuracy of {space.name} subnets is measured on a trained supernet: pass "
-                          f"--supernet FILE (train one with `nas train {space.name} --data digits --out DIR`)")
+    _require_supernet(context, "accuracy", f"train one with `nas train {space.name} --data digits --out DIR`")
     if context.data is None:
         raise ConfigError(f"{context.supernet} does not say which data it was trained on: pass --data")
     data = data_for(space, context.data, context.supernet)
@@ -143,10 +141,15 @@ def _supernet_psnr(context: Context) -> Evaluate:
     from evaluators.sr_task import supernet_psnr
 
     space = context.space
-    if context.supernet is None:
-        raise ConfigError(f"the PSNR of {space.name} subnets is measured on a trained supernet: pass --supernet "
-                          f"FILE (search one with `nas train {space.name} --out DIR`)")
+    _require_supernet(context, "PSNR", f"search one with `nas train {space.name} --out DIR`")
     return supernet_psnr(space, context.supernet, context.data or "photos").vectors
+
+
+def _require_supernet(context: Context, metric: str, how: str) -> None:
+    """A measured metric needs a trained supernet; ``how`` tells the user how to make one."""
+    if context.supernet is None:
+        raise ConfigError(f"the {metric} of {context.space.name} subnets is measured on a trained supernet: "
+                          f"pass --supernet FILE ({how})")
 
 
 def _latency_objective(name: str, device_name: str, context: Context) -> Objective:
