@@ -130,30 +130,32 @@ def _training_job(space: str, space_options: dict, settings: dict, out: Path, re
     from nas.train import train as run_training
     from search_spaces.training import TrainConfig, stored_config
 
-    if resume:
-        stored = stored_config(out)
-        settings["space"] = space
-        if space_options:
-            settings["space_options"] = {**stored.space_options, **space_options}
-        return _run(lambda bars: run_training(stored, out, bars, resume=True, changes=settings))
-    train_config = TrainConfig.from_dict({**settings, "space": space, "space_options": space_options})
-    return _run(lambda bars: run_training(train_config, out, bars))
+    return _start_or_resume(stored_config, TrainConfig.from_dict, run_training,
+                            space, space_options, settings, out, resume)
 
 
 def _differentiable_job(space: str, space_options: dict, settings: dict, out: Path, resume: bool):
     from nas.train import search_differentiable
     from search_spaces.training.bilevel import config_for, stored_bilevel_config
 
-    if resume:
-        stored = stored_bilevel_config(out)
-        settings["space"] = space
-        if space_options:
-            settings["space_options"] = {**stored.space_options, **space_options}
-        if "options" in settings:
-            settings["options"] = {**stored.options, **settings["options"]}
-        return _run(lambda bars: search_differentiable(stored, out, bars, resume=True, changes=settings))
-    search_config = config_for({**settings, "space": space, "space_options": space_options})
-    return _run(lambda bars: search_differentiable(search_config, out, bars))
+    return _start_or_resume(stored_bilevel_config, config_for, search_differentiable,
+                            space, space_options, settings, out, resume)
+
+
+def _start_or_resume(load_stored, build, run, space: str, space_options: dict, settings: dict, out: Path,
+                     resume: bool):
+    """Run ``run(config, out, bars)`` on a new config from ``build(settings)``, or resume the run in
+    ``out`` with the given settings as changes; options given again merge into the stored ones."""
+    if not resume:
+        config = build({**settings, "space": space, "space_options": space_options})
+        return _run(lambda bars: run(config, out, bars))
+    stored = load_stored(out)
+    settings["space"] = space
+    if space_options:
+        settings["space_options"] = {**stored.space_options, **space_options}
+    if "options" in settings and hasattr(stored, "options"):
+        settings["options"] = {**stored.options, **settings["options"]}
+    return _run(lambda bars: run(stored, out, bars, resume=True, changes=settings))
 
 
 def _run(job):
