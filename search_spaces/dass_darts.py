@@ -27,7 +27,9 @@ zeros, equal to ``count_macs``/``count_params`` on it, as for every space); ``no
 ``nonzero_params`` count only the ``ceil(k * n)`` weights each sparse layer keeps (biases and
 BatchNorm dense), equal to ``count_macs``/``count_nonzero_params`` on the network with its sparse ops
 (``extract(config, keep_sparse=True)``). BatchNorm follows DARTS' search network: ``affine=False``
-in the cells (option ``affine``), affine in the stem.
+in the cells (option ``affine``), affine in the stem; the classifier's input is standardised by a
+BatchNorm without parameters before the global pooling (``dass_supernet.PooledClassifier``: without
+it a supernet over sampled genotypes diverges); it adds no parameters or MACs.
 
 Inference: :meth:`DassDartsSpace.deploy` is the export step for running the extracted network in
 PyTorch: every layer runs dense or as CSR (``search_spaces.ops.sparse_exec``), whichever measured

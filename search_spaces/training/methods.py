@@ -259,6 +259,10 @@ def elastic_sparsity(space: SearchSpace, config: TrainConfig) -> tuple[list[Phas
     all three, 92.6 % (0.3 in a third of the steps); drawn between the ends, within 1 point at every
     ratio for seed 0, 1.5 and 3.3 points at worst for seeds 1 and 2 (medians over the three seeds
     within 1 point). The search still proposes mixed ratios.
+    Those figures hold one genotype fixed. Over sampled genotypes (ops and kept edges drawn as well) an
+    op module of an edge computes only in the steps that keep its edge and draw its op (1 in 7 to 1 in
+    21), so the supernet needs several times the steps of a fixed genotype: more epochs or more
+    ``subnets`` per step (figures in ``benchmarks/dass_elastic.py``).
     A supernet "trained for ratio k alone" is the same method on the space built with ``keep_ratios=[k]``
     (the baseline of that benchmark), where each step trains its one subnet once.
     """

@@ -209,3 +209,26 @@ def test_keep_genes_run_from_the_sparsest_to_the_dense_network():
     keep_genes = [gene for gene in space.genes if gene.name.startswith("keep")]
     assert len(keep_genes) == 5 and all(gene.choices == (0.05, 0.3, 1.0) for gene in keep_genes)
     assert space.options["keep_ratios"] == [0.05, 0.3, 1.0]
+
+
+def test_classifier_sees_zero_mean_features_whatever_the_genotype(space):
+    """A shared classifier must not see per-genotype offsets: the last cell of an all-max-pool genotype
+    outputs features with a positive mean, a sep-conv one zero-mean features (each op ends in a
+    BatchNorm); without the head BatchNorm a supernet over sampled genotypes diverged. The linear
+    layer gets zero-mean features for both."""
+    cell_outputs, features = [], []
+    classifier = space.supernet.classifier
+    hooks = [classifier.register_forward_pre_hook(lambda m, args: cell_outputs.append(args[0].mean((0, 2, 3)))),
+             classifier.linear.register_forward_pre_hook(lambda m, args: features.append(args[0].mean(0)))]
+    x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    try:
+        for op in ("max_pool_3x3", "sep_conv_3x3"):
+            cell = [(op, 0), (op, 1)] * 4
+            space.activate(space.config_of({"normal": cell, "reduce": cell}, [1.0] * 3, 1.0, 1.0))
+            with torch.no_grad():
+                space.supernet.train()(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert cell_outputs[0].mean() > 1 and cell_outputs[1].abs().max() < 1e-4
+    assert all(f.abs().max() < 1e-4 for f in features)
