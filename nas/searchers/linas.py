@@ -73,6 +73,9 @@ def _hypervolume_gain_2d(front: np.ndarray, points: np.ndarray, reference: np.nd
 class LinasSearcher(Searcher):
     """Predictor-guided NSGA-II with warm starts and an exploration bonus."""
 
+    #: Added to every objective per unit of (predicted) constraint violation: infeasible last.
+    INFEASIBLE = 1e6
+
     def __init__(self, space: SearchSpace, n_objectives: int, n_constraints: int = 0, seed: int = 0,
                  initial: int = 20, population: int = 50, generations: int = 60, predictor: str = "gbdt",
                  predictor_options: dict[str, Any] | None = None, explore: float = 0.5,
@@ -131,7 +134,7 @@ class LinasSearcher(Searcher):
                                       for mu, sd in zip(means, stds)])
         if constraint_models:
             violation = np.column_stack([m.predict(candidates) for m in constraint_models]).clip(min=0).sum(axis=1)
-            optimistic = optimistic + 1e6 * violation[:, None]      # feasible-first ranking
+            optimistic = optimistic + self.INFEASIBLE * violation[:, None]      # feasible-first ranking
         return candidates, optimistic
 
     def _enumerable(self) -> bool:
@@ -168,22 +171,25 @@ class LinasSearcher(Searcher):
         _, first = np.unique(self.space.canonical(pool), axis=0, return_index=True)
         return pool[np.sort(first)][: self.population]
 
+    def _violation(self, usable: np.ndarray) -> np.ndarray:
+        """Total constraint violation of each usable result (0 when feasible; nan counts as violated)."""
+        return np.nan_to_num(self.G[usable], nan=1e9, posinf=1e9).clip(min=0).sum(axis=1)
+
     def _penalised(self, usable: np.ndarray) -> np.ndarray:
-        f = self.F[usable]
-        if self.n_constraints:
-            violation = np.nan_to_num(self.G[usable], posinf=1e9).clip(min=0).sum(axis=1)
-            f = f + 1e6 * violation[:, None]
-        return f
+        return self.F[usable] + self.INFEASIBLE * self._violation(usable)[:, None]
 
     def _greedy_hvi(self, scores: np.ndarray, usable: np.ndarray, n: int) -> np.ndarray:
         """Pick, one at a time, the candidate whose optimistic prediction adds the most hypervolume to the
         evaluated front plus the picks so far; the rest follow in non-dominated/crowding order.
 
-        Objectives are scaled by the range seen so far and the reference point is :meth:`_reference`,
-        so a pick fills the widest gap of the front rather than stretching its extremes.
+        Objectives are scaled by the range of the feasible networks seen so far (all of them while none
+        is feasible) and the reference point is :meth:`_reference` of those, so a pick fills the widest
+        gap of the front rather than stretching its extremes. A constraint thus bounds the region the
+        picks fill: with ``accuracy >= A`` the search spends its evaluations above ``A`` only.
         """
         f = self._penalised(usable)
-        f = f[np.all(np.isfinite(f), axis=1)]
+        feasible = self._violation(usable) == 0
+        f = f[np.all(np.isfinite(f), axis=1) & (feasible if feasible.any() else True)]
         lo, hi = f.min(axis=0), f.max(axis=0)
         scale = np.where(hi > lo, hi - lo, 1.0)
         front = (f[NonDominatedSorting().do(f, only_non_dominated_front=True)] - lo) / scale

@@ -48,3 +48,16 @@ def test_the_robust_reference_makes_a_small_gain_at_the_top_win_over_the_tail():
         searcher = linas_told(told, reference_mads=mads)
         order = searcher._greedy_hvi(candidates, np.ones(len(told), dtype=bool), 1)
         assert order[0] == expected_first
+
+
+def test_a_constraint_bounds_the_region_the_picks_fill():
+    # accuracy >= 92 as a constraint: three feasible networks, seventeen fast infeasible ones. Scaled by
+    # every network (penalties included), any step at the fast end of the feasible front looked huge
+    # (B); scaled by the feasible ones, filling the gap between the two accurate networks wins (A).
+    accuracy = np.r_[93.0, 94.0, 92.5, np.linspace(85, 90, 17)]
+    latency = np.r_[10.0, 20.0, 5.0, np.linspace(1, 3, 17)]
+    space = search_spaces.get("nb201")
+    searcher = nas.searchers.create("linas", space, 2, n_constraints=1, seed=0)
+    searcher.tell(space.table_vectors(np.arange(20)), np.column_stack([-accuracy, latency]), (92 - accuracy)[:, None])
+    candidates = np.array([[-93.5, 15.0], [-92.6, 4.5]])            # A, B: both predicted feasible
+    assert searcher._greedy_hvi(candidates, np.ones(20, dtype=bool), 1)[0] == 0
