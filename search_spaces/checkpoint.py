@@ -80,5 +80,20 @@ def load_supernet(path: str | os.PathLike, expect_space: str | None = None) -> S
     except NasError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: {str(exc).splitlines()[0]}") from None
+        detail = state_dict_mismatch(data["state_dict"], space.supernet.state_dict()) or str(exc).splitlines()[0]
+        raise CheckpointError(f"{path} does not fit the {data['space']} supernet its options build: {detail} "
+                              "(a checkpoint written by another version of nas must be retrained)") from None
     return space
+
+
+def state_dict_mismatch(given: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> str:
+    """What keeps ``given`` from loading strictly into a module whose state_dict is ``target`` ('' if nothing)."""
+    def first(items: list[str]) -> str:
+        more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+        return ", ".join(items[:3]) + more
+
+    problems = (("missing keys", [k for k in target if k not in given]),
+                ("unexpected keys", [k for k in given if k not in target]),
+                ("shape mismatches", [f"{k} {tuple(v.shape)} != {tuple(target[k].shape)}"
+                                      for k, v in given.items() if k in target and v.shape != target[k].shape]))
+    return "; ".join(f"{len(items)} {kind}: {first(items)}" for kind, items in problems if items)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.errors import CheckpointError
+from search_spaces.checkpoint import state_dict_mismatch
 from search_spaces.ops.elastic import DynamicConv2d, DynamicMBConv, DynamicSeparableConv2d
 from search_spaces.ops.helpers import make_divisible, same_padding
 from search_spaces.ops.quant import HWGQ, LSQWeightQuantizer, QuantConv2d
@@ -309,30 +310,10 @@ def translate_state_dict(source: Mapping[str, torch.Tensor], target: Mapping[str
         if new not in target:
             new = next((new.replace(a, b, 1) for a, b in _RENAMES if a in new and new.replace(a, b, 1) in target), new)
         translated[new] = value
-    missing = [k for k in target if k not in translated]
-    if missing and not any(k.endswith("_matrix") for k in translated):
-        for k in [k for k in missing if k.endswith("_matrix")]:
-            translated[k] = target[k]
-        missing = [k for k in missing if not k.endswith("_matrix")]
-    unexpected = [k for k in translated if k not in target]
-    mismatched = [f"{k} {tuple(v.shape)} != {tuple(target[k].shape)}"
-                  for k, v in translated.items() if k in target and v.shape != target[k].shape]
-    if missing or unexpected or mismatched:
-        raise CheckpointError(_mismatch_message(missing, unexpected, mismatched))
+    if not any(k.endswith("_matrix") for k in translated):
+        translated.update({k: v for k, v in target.items() if k.endswith("_matrix") and k not in translated})
+    problem = state_dict_mismatch(translated, target)
+    if problem:
+        raise CheckpointError(f"checkpoint does not fit this OFA-MBv3 supernet: {problem} "
+                              "(check width_mult, n_classes, ks_list, expand_ratio_list and depth_list)")
     return translated
-
-
-def _mismatch_message(missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
-    def first(items: list[str]) -> str:
-        more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
-        return ", ".join(items[:3]) + more
-
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys: {first(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys: {first(unexpected)}")
-    if mismatched:
-        parts.append(f"{len(mismatched)} shape mismatches: {first(mismatched)}")
-    return ("checkpoint does not fit this OFA-MBv3 supernet: " + "; ".join(parts)
-            + " (check width_mult, n_classes, ks_list, expand_ratio_list and depth_list)")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.errors import CheckpointError
+from search_spaces.checkpoint import state_dict_mismatch
 from search_spaces.ops.counting import register_mac_counter
 from search_spaces.ops.helpers import same_padding
 
@@ -124,16 +125,10 @@ def copy_prefix(target: nn.Module, source: nn.Module) -> None:
 def check_fits(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
     """Raise one ``CheckpointError`` naming the first missing, unexpected and mis-shaped tensors unless
     ``state_dict`` has exactly the keys and shapes of ``expected``."""
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
-                  for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape]
-    parts = [f"{len(items)} {what}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
-             for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                 ("shape mismatches", mismatched)) if items]
-    if parts:
-        raise CheckpointError("checkpoint does not fit this sorted supernet: " + "; ".join(parts)
-                              + " (it was saved with other space options)")
+    problem = state_dict_mismatch(state_dict, expected)
+    if problem:
+        raise CheckpointError(f"checkpoint does not fit this sorted supernet: {problem} "
+                              "(it was saved with other space options)")
 
 
 class SortedSupernet(nn.Module):

@@ -199,7 +199,8 @@ def test_checkpoint_round_trip_and_mismatch(space, tmp_path):
     wider = search_spaces.get("dass_darts", C=6, layers=3, resolution=8)
     data = torch.load(path, weights_only=True)
     torch.save({**data, "state_dict": wider.supernet.state_dict()}, tmp_path / "mismatch.pt")
-    with pytest.raises(CheckpointError, match="mismatch.pt: Error.*loading state_dict"):
+    fit = r"mismatch\.pt does not fit the dass_darts supernet its options build: \d+ shape mismatches: stem"
+    with pytest.raises(CheckpointError, match=fit):
         load_supernet(tmp_path / "mismatch.pt")
 
 
@@ -232,3 +233,16 @@ def test_classifier_sees_zero_mean_features_whatever_the_genotype(space):
             hook.remove()
     assert cell_outputs[0].mean() > 1 and cell_outputs[1].abs().max() < 1e-4
     assert all(f.abs().max() < 1e-4 for f in features)
+
+
+def test_a_checkpoint_from_before_the_classifier_batchnorm_names_what_does_not_fit(space, tmp_path):
+    save_supernet(space, tmp_path / "old.pt")
+    data = torch.load(tmp_path / "old.pt", weights_only=True)
+    data["state_dict"] = {k.replace("classifier.linear.", "classifier."): v for k, v in data["state_dict"].items()
+                          if not k.startswith("classifier.bn.")}
+    torch.save(data, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=r"old\.pt does not fit the dass_darts supernet") as info:
+        load_supernet(tmp_path / "old.pt")
+    message = str(info.value)
+    assert "missing keys: classifier.bn.running_mean" in message and "unexpected keys: classifier.weight" in message
+    assert "\n" not in message
