@@ -26,11 +26,33 @@ a positive mean, BatchNorm-ended ops none); the classifier now standardises its 
 pairs: 78 % after 4 epochs). With ``--genotype sampled --epochs 16`` (keep 1.0/0.3/0.1) elastic and
 per-ratio supernets are equally undertrained: 33.0/20.7/18.2 % against 33.3/21.9/14.1 %.
 
+``--fair`` trains with strict fairness (FairNAS, ``TrainConfig.fair``): a step's ``subnets`` random
+genotypes take every op of every op gene once with ``--subnets 7`` (and spread input pairs and keep
+ratios evenly). Measured with ``--genotype sampled --genotypes 8``, seed 0, 8 epochs, median at keep
+1.0/0.3/0.1, elastic | per-ratio supernets: one genotype per step 18.1/18.5/17.4 | 24.1/12.4/12.4 %;
+seven random per step 28.7/32.6/18.7 | 84.1/34.4/23.0 %; seven fair per step 24.8/30.9/23.3 |
+85.6/34.3/24.3 %. After 16 epochs (``--no-per-ratio``), seven per step: random 58.1/69.3/33.5 %, fair
+65.4/68.1/39.3 %. Seven genotypes per step help a lot; drawing them fairly changes the medians by -4 to
++7 points either way, no more than the per-genotype spread (10-20 points) on one seed. Fairness per
+gene does not even out the op modules: a module is an (edge, op) pair, an edge is kept in every step
+(a node's first edges) or in 2 of 5 (node 3's), and it takes its op from its node's first or second op
+gene depending on the pair; over 136 steps the modules' training counts spread alike (coefficient of
+variation 0.37 random, 0.36 fair). The elastic supernet at keep 1.0 (25-29 %) stays far below the
+keep-1.0 one (84-86 %) at seven per step because only the sandwich's dense subnet, the first random
+genotype, trains dense; the other random subnets all take the inner ratio 0.3.
+``--standalone`` also trains each genotype alone (keep 1.0, same epochs, one subnet per step; 97.8-99.6 %
+here, so nearly tied) and prints the Kendall tau of the supernets' accuracies against it: -0.15
+(elastic) and -0.15 (keep-1.0 supernet) with seven fair genotypes per step; from the printed
+accuracies of the other runs, +0.23 and -0.04 with seven random, -0.04 and +0.63 with one per step,
++0.23 (random) and -0.23 (fair) for the elastic supernets after 16 epochs: no supernet here ranks
+genotypes whose stand-alone accuracies lie within 2 points.
+
 Accuracy: test split, BatchNorm re-calibrated per subnet, at a uniform keep ratio ``k`` (every cell, stem
 and classifier at ``k``), of the fixed genotype or the median over ``--genotypes`` random ones. Goal
 (issue #10): elastic within 1 point of the ratio's own supernet.
 
     python benchmarks/dass_elastic.py [--epochs 8] [--keep 1.0,0.3,0.1] [--genotype fixed|sampled]
+        [--subnets 1] [--fair] [--standalone] [--no-per-ratio] [--genotypes 5]
 """
 
 from __future__ import annotations
@@ -47,6 +69,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from scipy.stats import kendalltau  # noqa: E402
 
 from evaluators.accuracy import SubnetAccuracy  # noqa: E402
 from nas.train import prepare  # noqa: E402
@@ -57,16 +80,19 @@ FIXED = {"normal_inputs": ["0,1"], "reduce_inputs": ["0,1"], "normal_ops": ["sep
          "reduce_ops": ["sep_conv_3x3"]}
 
 
-def train(space_options: dict, args, folder: Path):
-    """The trained supernet's space, its data, seconds, and forward/backward passes per step."""
+def train(space_options: dict, args, folder: Path, choices: dict | None = None, subnets: int | None = None,
+          fair: bool | None = None):
+    """The trained supernet's space, its data, seconds, and forward/backward passes per step; ``choices``
+    restrict the genes, ``subnets`` and ``fair`` replace the command line's."""
     config = TrainConfig(space="dass_darts", space_options=space_options, data=args.data, method="elastic_sparsity",
-                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, subnets=args.subnets,
-                         score_lr=args.score_lr, seed=args.seed)
+                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         subnets=args.subnets if subnets is None else subnets,
+                         fair=args.fair if fair is None else fair, score_lr=args.score_lr, seed=args.seed)
     space, data = prepare(config)
     started = time.perf_counter()
     trainer = Trainer.start(space, data, config, folder)
-    if args.genotype == "fixed":
-        trainer.phases[0].choices = FIXED
+    if choices is not None:
+        trainer.phases[0].choices = choices
     passes, activate = [0], space.activate
     space.activate = lambda c: (passes.__setitem__(0, passes[0] + 1), activate(c))[1]
     trainer.run()
@@ -84,6 +110,47 @@ def test_accuracy(space, data, configs: list[dict]) -> list[float]:
     return SubnetAccuracy(space, data, "test")(configs)
 
 
+def only(genotype: dict) -> dict:
+    """Phase choices that pin every op and input gene to ``genotype``'s value."""
+    return {f"{key}.{i}": [value] for key in ("normal_inputs", "normal_ops", "reduce_inputs", "reduce_ops")
+            for i, value in enumerate(genotype[key])}
+
+
+def trained_alone(base: dict, genotypes: list[dict], args, folder: Path) -> list[float]:
+    """Test accuracy of each genotype at keep 1.0 trained alone (one subnet per step, same epochs)."""
+    accuracies = []
+    for i, genotype in enumerate(genotypes):
+        single, data, seconds, _ = train({**base, "keep_ratios": [1.0]}, args, folder / f"alone{i}", only(genotype),
+                                         subnets=1, fair=False)
+        accuracies += test_accuracy(single, data, at_keep(single, [genotype], 1.0))
+        print(f"  genotype {i} trained alone in {seconds:.0f} s", flush=True)
+    return accuracies
+
+
+def print_ranking(elastic: list[float], keep_1: list[float] | None, standalone: list[float]) -> None:
+    """Per genotype: accuracy in the supernets at keep 1.0 and trained alone; Kendall tau of each ranking."""
+    print(f"\n{'genotype':>8} {'elastic':>8} {'keep 1.0':>9} {'alone':>7}   (test accuracy at keep 1.0; keep 1.0: "
+          "the supernet trained at that ratio only; alone: the genotype trained by itself)")
+    keep_1 = keep_1 or [float("nan")] * len(elastic)
+    for i, row in enumerate(zip(elastic, keep_1, standalone)):
+        print(f"{i:8d} {row[0]:8.2f} {row[1]:9.2f} {row[2]:7.2f}")
+    print(f"Kendall tau vs alone: elastic {kendalltau(elastic, standalone).statistic:+.2f}, "
+          f"keep 1.0 {kendalltau(keep_1, standalone).statistic:+.2f}")
+
+
+def print_comparison(keeps: list[float], elastic: dict, alone: dict) -> None:
+    """Median accuracy per keep ratio, elastic against per-ratio supernets, and the goal's verdict."""
+    print(f"\n{'keep':>6} {'elastic':>8} {'alone':>8} {'diff':>7}   per genotype (elastic | alone)")
+    worst = 0.0
+    for k in keeps:
+        e, a = statistics.median(elastic[k]), statistics.median(alone[k])
+        worst = min(worst, e - a)
+        print(f"{k:6g} {e:8.2f} {a:8.2f} {e - a:+7.2f}   {np.round(elastic[k], 1).tolist()} | "
+              f"{np.round(alone[k], 1).tolist()}")
+    verdict = "met" if worst >= -1.0 else "NOT met"
+    print(f"\nworst elastic - alone: {worst:+.2f} points (goal >= -1.00): {verdict}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=8)
@@ -96,22 +163,31 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--subnets", type=int, default=1)
+    parser.add_argument("--fair", action="store_true", help="strict fairness (FairNAS): every gene's choices spread "
+                                                            "evenly over a step's random subnets")
+    parser.add_argument("--no-per-ratio", dest="per_ratio", action="store_false",
+                        help="train the elastic supernet only, not one supernet per keep ratio")
+    parser.add_argument("--standalone", action="store_true", help="also train each genotype alone (keep 1.0) and "
+                                                                  "print the Kendall tau of the supernets' ranking")
     parser.add_argument("--score-lr", type=float, default=TrainConfig.score_lr)
     parser.add_argument("--genotypes", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if args.standalone and (args.genotype == "fixed" or 1.0 not in [float(k) for k in args.keep.split(",")]):
+        parser.error("--standalone ranks random genotypes at keep 1.0: use it with --genotype sampled and keep 1.0")
     torch.set_num_threads(args.threads)
     keeps = [float(k) for k in args.keep.split(",")]
     base = {"C": args.C, "layers": args.layers, "resolution": args.resolution}
     print(f"dass_darts {base} on {args.data} (upsampled to {args.resolution}x{args.resolution}), keep ratios {keeps}; "
           f"per model: {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, score_lr {args.score_lr}, "
-          f"{args.subnets} random subnet(s)/step, "
+          f"{args.subnets} random subnet(s)/step{' drawn fairly' if args.fair else ''}, "
           f"seed {args.seed}; genotype {args.genotype}; accuracy: test split, BN re-calibrated"
           f"{'' if args.genotype == 'fixed' else f', median of {args.genotypes} random genotypes'}; "
           f"{args.threads} thread(s)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        space, data, seconds, passes = train({**base, "keep_ratios": keeps}, args, Path(tmp) / "elastic")
+        choices = FIXED if args.genotype == "fixed" else None
+        space, data, seconds, passes = train({**base, "keep_ratios": keeps}, args, Path(tmp) / "elastic", choices)
         print(f"  elastic supernet trained in {seconds:.0f} s, {passes:.2f} passes/step", flush=True)
         genotypes = space.sample(args.genotypes, seed=1000 + args.seed)
         if args.genotype == "fixed":
@@ -119,19 +195,20 @@ def main() -> None:
             genotypes = [{**genotypes[0], **{k: v * (2 * n if k.endswith("ops") else n) for k, v in FIXED.items()}}]
         elastic = {k: test_accuracy(space, data, at_keep(space, genotypes, k)) for k in keeps}
         alone = {}
-        for k in keeps:
-            single, single_data, seconds, passes = train({**base, "keep_ratios": [k]}, args, Path(tmp) / f"keep{k}")
+        for k in keeps if args.per_ratio else []:
+            single, single_data, seconds, passes = train({**base, "keep_ratios": [k]}, args, Path(tmp) / f"keep{k}",
+                                                         choices)
             alone[k] = test_accuracy(single, single_data, at_keep(single, genotypes, k))
             print(f"  keep {k} supernet trained in {seconds:.0f} s, {passes:.2f} passes/step", flush=True)
-    print(f"\n{'keep':>6} {'elastic':>8} {'alone':>8} {'diff':>7}   per genotype (elastic | alone)")
-    worst = 0.0
-    for k in keeps:
-        e, a = statistics.median(elastic[k]), statistics.median(alone[k])
-        worst = min(worst, e - a)
-        print(f"{k:6g} {e:8.2f} {a:8.2f} {e - a:+7.2f}   {np.round(elastic[k], 1).tolist()} | "
-              f"{np.round(alone[k], 1).tolist()}")
-    verdict = "met" if worst >= -1.0 else "NOT met"
-    print(f"\nworst elastic - alone: {worst:+.2f} points (goal >= -1.00): {verdict}")
+        standalone = trained_alone(base, genotypes, args, Path(tmp)) if args.standalone else None
+    if args.per_ratio:
+        print_comparison(keeps, elastic, alone)
+    else:
+        print(f"\n{'keep':>6} {'elastic':>8}   per genotype")
+        for k in keeps:
+            print(f"{k:6g} {statistics.median(elastic[k]):8.2f}   {np.round(elastic[k], 1).tolist()}")
+    if standalone is not None:
+        print_ranking(elastic[1.0], alone.get(1.0), standalone)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ across several phases (DεpS) or restart in each (OFA).
 Spaces order every gene's choices from the smallest network to the largest (kernel 3 < 5 < 7, depth,
 width, resolution), so the largest subnet of a phase takes every gene's last allowed choice and the
 smallest its first.
+
+Strict fairness (FairNAS, Chu et al., ICCV 2021): the genes of a phase's ``fair_keys`` are drawn
+without replacement across a step's random subnets, so with ``subnets`` equal to a gene's number of
+allowed values every value trains exactly once per step, and otherwise each value the same number of
+times within one (the trainer accumulates every subnet's gradient into one optimiser step).
 """
 
 from __future__ import annotations
@@ -61,6 +66,11 @@ class Phase:
     #: Config keys whose genes a random subnet draws together: one value, among those all of them
     #: allow, for every gene of these keys (elastic sparsity: one keep ratio for the whole network).
     tied_keys: tuple[str, ...] = ()
+    #: Config keys or gene names whose genes the step's random subnets draw fairly: each gene a random
+    #: permutation of its allowed values across them (a fresh one for every further ``len(values)``
+    #: subnets), so each value comes equally often within one. Tied keys are fair when all their genes
+    #: are: the tied value is then drawn fairly.
+    fair_keys: tuple[str, ...] = ()
     #: Where the phase sits on the cosine curve, as fractions ``(from, to)`` of its length.
     lr_span: tuple[float, float] = (0.0, 1.0)
     warmup_epochs: int = 0
@@ -104,8 +114,10 @@ class ChoiceSampler:
                     raise ConfigError(f"phase choices for {gene.name!r} are empty")
                 self.allowed.append(np.asarray(index, dtype=np.int64))
 
-    def random(self, n: int, rng: np.random.Generator) -> list[Config]:
-        cols = [a[rng.integers(0, len(a), size=n)] for a in self.allowed]
+    def random(self, n: int, rng: np.random.Generator, fair: frozenset[int] = frozenset()) -> list[Config]:
+        """``n`` random subnets; the genes at indices ``fair`` drawn fairly across them (:func:`fair_draw`)."""
+        cols = [fair_draw(a, n, rng) if i in fair else a[rng.integers(0, len(a), size=n)]
+                for i, a in enumerate(self.allowed)]
         return self.space.decode(np.stack(cols, axis=1)) if n else []
 
     def largest(self) -> Config:
@@ -120,8 +132,9 @@ class ChoiceSampler:
         Each distinct subnet once (the first time it comes): where the allowed choices leave few
         subnets, training one twice in a step would only double its gradient.
         """
-        randoms = self.tie(self.random(phase.subnets, rng), phase.tied_keys, rng,
-                           inner=phase.include_max and phase.include_min)
+        fair = self.gene_indices(phase.fair_keys, "fair_keys")
+        randoms = self.tie(self.random(phase.subnets, rng, fair), phase.tied_keys, rng,
+                           inner=phase.include_max and phase.include_min, fair=fair)
         anchor = None
         if phase.sandwich_keys is not None and (phase.include_max or phase.include_min):
             anchor = randoms[0] if randoms else self.random(1, rng)[0]
@@ -137,13 +150,17 @@ class ChoiceSampler:
         return out
 
     def tie(self, configs: list[Config], keys: tuple[str, ...], rng: np.random.Generator,
-            inner: bool = False) -> list[Config]:
+            inner: bool = False, fair: frozenset[int] = frozenset()) -> list[Config]:
         """``configs`` with every gene of ``keys`` set to one value per config, drawn uniformly from the
         values every one of those genes allows; with ``inner``, from those between the first and the
-        last where there are any (the sandwich trains both ends in every step already)."""
+        last where there are any (the sandwich trains both ends in every step already); fairly across
+        ``configs`` (:func:`fair_draw`) where ``fair`` holds every tied gene."""
         if not keys or not configs:
             return configs
         columns = [i for i, key in enumerate(self._gene_keys) if key in keys]
+        if fair & set(columns) and not set(columns) <= fair:
+            raise ConfigError(f"phase ties keys {list(keys)}, but its fair_keys cover only some of their genes; "
+                              "make all of them fair or none")
         common = set.intersection(*({self.space.genes[i].choices[j] for j in self.allowed[i]} for i in columns))
         if not common:
             raise ConfigError(f"phase ties keys {list(keys)}, but their genes allow no value in common")
@@ -151,10 +168,24 @@ class ChoiceSampler:
         if inner and len(values) > 2:
             values = values[1:-1]
         vectors = self.space.encode(configs)
-        for row, value in zip(vectors, rng.choice(len(values), size=len(configs))):
+        if set(columns) <= fair:
+            draws = fair_draw(np.arange(len(values)), len(configs), rng)
+        else:
+            draws = rng.choice(len(values), size=len(configs))
+        for row, value in zip(vectors, draws):
             for i in columns:
                 row[i] = self.space.genes[i].index_of(values[value])
         return self.space.decode(vectors)
+
+    def gene_indices(self, names: tuple[str, ...], what: str) -> frozenset[int]:
+        """Indices of the genes that ``names`` (config keys or gene names) cover; ``what`` names the
+        setting in the error for an unknown name."""
+        unknown = sorted(set(names) - set(self._gene_keys) - {gene.name for gene in self.space.genes})
+        if unknown:
+            raise ConfigError(f"phase {what} name unknown config keys or genes {unknown} of {self.space.name} "
+                              f"(keys {sorted(set(self._gene_keys))})")
+        return frozenset(i for i, (gene, key) in enumerate(zip(self.space.genes, self._gene_keys))
+                         if gene.name in names or key in names)
 
     @staticmethod
     def _sandwich_end(end: Config, keys: tuple[str, ...] | None, anchor: Config | None) -> Config:
@@ -162,10 +193,18 @@ class ChoiceSampler:
         return end if keys is None else {**anchor, **{key: end[key] for key in keys}}
 
 
+def fair_draw(values: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` draws from ``values`` in which each value comes ``n // len(values)`` or one more times:
+    random permutations of ``values`` one after another, the last one cut short (FairNAS' strict
+    fairness where ``n`` is a multiple of ``len(values)``)."""
+    rounds = -(-n // len(values))
+    return np.concatenate([rng.permutation(values) for _ in range(rounds)])[:n] if n else values[:0]
+
+
 def phase_summary(phases: list[Phase]) -> list[dict[str, Any]]:
     """A JSON-able description of ``phases`` (for logs and checkpoints)."""
     return [{"name": p.name, "epochs": p.epochs, "lr": p.lr, "choices": p.choices, "subnets": p.subnets,
              "include_max": p.include_max, "include_min": p.include_min,
              "sandwich_keys": None if p.sandwich_keys is None else list(p.sandwich_keys),
-             "tied_keys": list(p.tied_keys), "lr_span": list(p.lr_span),
+             "tied_keys": list(p.tied_keys), "fair_keys": list(p.fair_keys), "lr_span": list(p.lr_span),
              "warmup_epochs": p.warmup_epochs} for p in phases]

@@ -244,7 +244,7 @@ class Trainer:
         path = self.out / "state.pt"
         if state.get("format") != STATE_FORMAT:
             raise CheckpointError(f"{path} is not a nas training state (format {state.get('format')!r})")
-        if state.get("config") != self.config.to_dict():
+        if not isinstance(state.get("config"), dict) or as_current(state["config"]) != self.config.to_dict():
             raise CheckpointError(f"{path} belongs to another training config than {self.out / 'train.json'}")
         try:
             self.net.load_state_dict(state["supernet"])
@@ -257,6 +257,12 @@ class Trainer:
                 self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{path} does not fit this supernet: {str(exc).splitlines()[0]}") from None
+
+
+def as_current(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config dict with the settings added since it was written at their defaults (which
+    reproduce what the run did then), so older states still resume."""
+    return {**TrainConfig().to_dict(), **config}
 
 
 def refuse_existing_run(out: Path) -> None:

@@ -8,7 +8,7 @@ import torch
 from evaluators.accuracy import SubnetAccuracy
 from nas.errors import ConfigError
 from nas.train import prepare
-from search_spaces.training import TrainConfig, Trainer, build_phases
+from search_spaces.training import ChoiceSampler, TrainConfig, Trainer, build_phases
 
 TINY = {"C": 4, "layers": 3, "resolution": 8, "keep_ratios": [1.0, 0.3],
         "ops": ["none", "skip_connect", "max_pool_3x3", "sep_conv_3x3"]}
@@ -45,6 +45,29 @@ def test_elastic_sparsity_needs_keep_ratio_genes(small_space):
     assert phase.sandwich_keys == ("keep", "keep_stem", "keep_classifier")
     _, kd = build_phases(small_space("dass_darts"), TrainConfig(method="elastic_sparsity", kd="inplace"))
     assert kd == "inplace"
+
+
+def test_fair_training_trains_every_op_once_per_step_in_one_optimiser_step(tiny_digits, tmp_path, monkeypatch):
+    config = TrainConfig(space="dass_darts", space_options=dict(TINY), data=tiny_digits, method="elastic_sparsity",
+                         epochs=1, subnets=3, fair=True, **FAST)
+    space, data = prepare(config)
+    events, drawn = [], []
+    activate, sgd_step, step_configs = space.activate, torch.optim.SGD.step, ChoiceSampler.step_configs
+    space.activate = lambda c: (events.append("pass"), activate(c))[1]
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a: (events.append("step"), sgd_step(self, *a))[1])
+    monkeypatch.setattr(ChoiceSampler, "step_configs", lambda self, phase, rng: drawn.append(
+        step_configs(self, phase, rng)) or drawn[-1])
+    Trainer.start(space, data, config, tmp_path / "run").run()
+    steps = len(data.train) // 16
+    passes = [len(chunk.split()) for chunk in " ".join(events).split("step")[:-1]]
+    assert len(passes) == len(drawn) == steps and passes == [len(d) for d in drawn]  # all passes, then one step
+    keys = ("keep", "keep_stem", "keep_classifier")
+    for step in drawn:
+        architectures = {json.dumps({k: v for k, v in c.items() if k not in keys}) for c, _ in step}
+        ops = [json.loads(a)["normal_ops"] + json.loads(a)["reduce_ops"] for a in architectures]
+        assert len(ops) == 3 and all(sorted(gene) == sorted(space.discrete_ops) for gene in zip(*ops))
+    stored = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert stored["config"]["fair"] is True and "normal_ops" in stored["phases"][0]["fair_keys"]
 
 
 class LearningRates:
@@ -105,3 +128,12 @@ def test_train_then_search_accuracy_latency_and_nonzero_macs_through_the_cli(tin
     assert len(results) == 3
     for values in results:
         assert 0 <= values["accuracy"] <= 100 and values["latency@cpu"] > 0 and values["nonzero_macs"] > 0
+
+
+@pytest.mark.parametrize("value, message", [("maybe", "fair must be true or false; got 'maybe'"),
+                                            ("true", "draws at most 1 per step")])
+def test_bad_fair_settings_exit_2_through_the_cli(value, message, tiny_digits, tmp_path, cli):
+    options = [arg for k, v in TINY.items() for arg in ("-o", f"{k}={json.dumps(v)}")]
+    code, out, err = cli(["train", "dass_darts", "--data", tiny_digits, "--method", "elastic_sparsity", "--epochs",
+                          "1", "--out", str(tmp_path / "run"), "--set", f"fair={value}", "--set", "subnets=1", *options])
+    assert code == 2 and message in out + err and not (tmp_path / "run").exists()

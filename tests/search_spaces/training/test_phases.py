@@ -86,7 +86,7 @@ def test_progressive_shrinking_needs_an_ofa_style_space(small_space):
 
 
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("lr", 0), ("kd", "teacher"), ("rho", 1.0),
-                                          ("batch_size", 0), ("eps0", 2)])
+                                          ("batch_size", 0), ("eps0", 2), ("fair", "yes")])
 def test_bad_training_settings(field, value):
     with pytest.raises(ConfigError, match=field):
         TrainConfig(**{field: value}).validate()
@@ -160,3 +160,89 @@ def test_keep_sandwich_shares_the_random_architecture_and_each_subnet_trains_onc
     fixed = {"normal_ops": ["skip_connect"], "reduce_ops": ["skip_connect"], "normal_inputs": ["0,1"],
              "reduce_inputs": ["0,1"]}
     assert len(ChoiceSampler(single, fixed).step_configs(phase, rng)) == 1
+
+
+def columns(space, configs, key):
+    """``configs``' values of config key ``key``, one row per gene (a list key) across the configs."""
+    values = [c[key] if isinstance(c[key], list) else [c[key]] for c in configs]
+    return [list(row) for row in zip(*values)]
+
+
+OPS = ("normal_ops", "reduce_ops")
+
+
+def test_fair_genes_take_every_allowed_value_once_per_step_and_evenly_otherwise(small_space):
+    space = small_space("dass_darts")
+    ops = space.discrete_ops
+    sampler = ChoiceSampler(space, {"normal_ops.3": ops[:2]})
+    rng = np.random.default_rng(0)
+    for m in (len(ops), 3, 2 * len(ops) + 2):
+        phase = Phase("p", 1, 0.1, subnets=m, fair_keys=OPS)
+        configs = [c for c, _ in sampler.step_configs(phase, rng)]
+        assert len(configs) == m
+        for key in OPS:
+            for g, row in enumerate(columns(space, configs, key)):
+                allowed = ops[:2] if (key, g) == ("normal_ops", 3) else ops
+                counts = [row.count(op) for op in allowed]
+                assert set(row) <= set(allowed) and max(counts) - min(counts) <= 1 and sum(counts) == m
+                if m == len(ops) and len(allowed) == m:
+                    assert sorted(row) == sorted(ops)              # every op exactly once in the step
+    many = [c for c, _ in sampler.step_configs(Phase("p", 1, 0.1, subnets=100, fair_keys=OPS), rng)]
+    inputs = [c["normal_inputs"][3] for c in many]
+    assert max(map(inputs.count, set(inputs))) - min(map(inputs.count, set(inputs))) > 1  # others drawn freely
+    with pytest.raises(ConfigError, match="fair_keys name unknown"):
+        sampler.step_configs(Phase("p", 1, 0.1, subnets=2, fair_keys=("normal_op",)), rng)
+
+
+def test_fair_draws_are_random_but_reproducible(small_space):
+    space = small_space("dass_darts")
+    phase = Phase("p", 1, 0.1, subnets=len(space.discrete_ops), fair_keys=OPS + ("normal_inputs",))
+
+    def step(seed):
+        return ChoiceSampler(space, {}).step_configs(phase, np.random.default_rng(seed))
+
+    assert step(3) == step(3) and step(3) != step(4)
+    first_ops = {tuple(row) for c, _ in step(3) for row in [c["normal_ops"]]}
+    assert len(first_ops) == phase.subnets                       # permutations differ from gene to gene
+    node_3 = [c["normal_inputs"][3] for c, _ in step(3)]
+    assert len(set(node_3)) == len(node_3)                       # 7 subnets, 10 input pairs: no pair twice
+
+
+def test_fairness_composes_with_tied_keys_and_the_sandwich(small_space):
+    space = small_space("dass_darts", keep_ratios=[1.0, 0.3, 0.1, 0.05])
+    keys = ("keep", "keep_stem", "keep_classifier")
+    every = tuple(entry.key for entry in space.config_layout)
+    rng = np.random.default_rng(0)
+    sampler = ChoiceSampler(space, {})
+    tied = Phase("p", 1, 0.1, subnets=8, tied_keys=keys, fair_keys=every)
+    configs = [c for c, _ in sampler.step_configs(tied, rng)]
+    ratios = [c["keep_stem"] for c in configs]
+    assert all(set(c["keep"]) == {c["keep_stem"]} == {c["keep_classifier"]} for c in configs)
+    assert sorted(ratios) == [0.05, 0.05, 0.1, 0.1, 0.3, 0.3, 1.0, 1.0]   # the tied ratio drawn fairly
+    for key in OPS:
+        assert all(sorted(set(row)) == sorted(space.discrete_ops) for row in columns(space, configs, key))
+    sandwich = Phase("p", 1, 0.1, subnets=len(space.discrete_ops), include_max=True, include_min=True,
+                     sandwich_keys=keys, tied_keys=keys, fair_keys=every)
+    step = sampler.step_configs(sandwich, rng)
+    randoms = [c for c, tag in step if tag == "random"]
+    assert [tag for _, tag in step][::len(step) - 1] == ["max", "min"] and len(randoms) == sandwich.subnets
+    assert sorted(c["keep_stem"] for c in randoms) in ([0.1] * 3 + [0.3] * 4, [0.1] * 4 + [0.3] * 3)  # inner ratios
+    for key in OPS:
+        assert all(sorted(row) == sorted(space.discrete_ops) for row in columns(space, randoms, key))
+    assert {k: v for k, v in step[0][0].items() if k not in keys} == {k: v for k, v in randoms[0].items()
+                                                                       if k not in keys}
+    with pytest.raises(ConfigError, match="cover only some"):
+        sampler.step_configs(Phase("p", 1, 0.1, subnets=2, tied_keys=keys, fair_keys=("keep",)), rng)
+
+
+def test_fair_setting_makes_every_phase_fair_and_needs_several_subnets(small_space):
+    space = small_space("dass_darts")
+    every = tuple(entry.key for entry in space.config_layout)
+    (phase,), _ = build_phases(space, TrainConfig(method="elastic_sparsity", fair=True, subnets=7))
+    assert phase.fair_keys == every and phase.subnets == 7
+    (phase,), _ = build_phases(space, TrainConfig(method="elastic_sparsity", subnets=7))
+    assert phase.fair_keys == ()
+    phases, _ = build_phases(small_space("ofa_mbv3"), TrainConfig(epochs=12, fair=True))
+    assert all(p.fair_keys == ("ks", "e", "d", "r") for p in phases)
+    with pytest.raises(ConfigError, match="at most 1 per step"):
+        build_phases(space, TrainConfig(method="elastic_sparsity", fair=True, subnets=1))

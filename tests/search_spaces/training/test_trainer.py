@@ -9,7 +9,7 @@ import search_spaces
 from evaluators.accuracy import SubnetAccuracy
 from evaluators.data import load_data
 from nas.errors import CheckpointError, ConfigError
-from search_spaces.checkpoint import load_supernet
+from search_spaces.checkpoint import atomic_torch_save, load_supernet, read_checkpoint
 from search_spaces.training import TrainConfig, Trainer
 
 FAST = {"batch_size": 16, "lr": 0.1, "calib_images": 40}
@@ -91,6 +91,24 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_digits, t
     trainer.run()
     for k, v in space.supernet.state_dict().items():
         assert torch.equal(v, expected[k]), k
+
+
+def test_a_run_from_before_a_setting_existed_still_resumes(tiny_digits, tmp_path):
+    """A state written before ``fair`` existed lacks the key; resuming takes its default (what the run did)."""
+    config, space, data = _setup(tiny_digits, method="full", epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer.start(space, data, config, tmp_path / "run", progress=Interrupt(len(data.train) // 16 + 1)).run()
+    state = read_checkpoint(tmp_path / "run" / "state.pt")
+    del state["config"]["fair"]
+    atomic_torch_save(state, tmp_path / "run" / "state.pt")
+    stored = json.loads((tmp_path / "run" / "train.json").read_text())
+    del stored["config"]["fair"]
+    (tmp_path / "run" / "train.json").write_text(json.dumps(stored))
+    config, space, data = _setup(tiny_digits, method="full", epochs=2)
+    trainer = Trainer.resume(space, data, tmp_path / "run")
+    assert trainer.position["epoch"] == 1 and not trainer.config.fair
+    trainer.run()
+    assert trainer.finished
 
 
 def test_refuses_to_overwrite_or_change_a_run(tiny_digits, tmp_path):
