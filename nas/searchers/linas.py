@@ -8,8 +8,8 @@ non-dominated rank of *optimistic* predictions (mean minus ``explore`` x std) wi
 for diversity, skipping every network evaluated or proposed before.
 
 With two objectives, the batch is picked greedily by predicted hypervolume gain instead, in the region
-the user cares about: the reference point of the first objective (the task metric, listed first by
-``nas search``) sits at the value its predictor puts at the ``focus`` quantile of the space, so the picks
+the user cares about: the reference point of the first objective (the task metric, as in ``nas search
+--objectives accuracy,latency@cpu``) sits at the value its predictor puts at the ``focus`` quantile of the space, so the picks
 fill the front among the top decile rather than among networks nobody deploys (see
 ``LinasSearcher._reference``). Once no candidate is predicted to add hypervolume, the rest of the batch
 goes to the candidates predicted closest to the front.
@@ -91,7 +91,7 @@ def _focus_per_objective(focus: float | Sequence[float | None] | None, n_objecti
         raise ConfigError(f"linas focus has {len(given)} values for {n_objectives} objectives; give at most one "
                           "per objective (null for none)")
     for q in given:
-        if q is not None and not (isinstance(q, (int, float)) and 0 < q <= 1):
+        if q is not None and (isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1):
             raise ConfigError(f"linas focus must be a fraction in (0, 1] (0.9: the top decile) or null; got {q!r}")
     return [None if q is None else float(q) for q in given] + [None] * (n_objectives - len(given))
 

@@ -53,7 +53,7 @@ def test_focus_puts_the_reference_at_the_predicted_quantile_of_the_space():
 
 
 def test_focus_rejects_values_outside_the_unit_interval_and_too_many_of_them():
-    for bad in (0.0, 1.5, "top", [0.9, 0.9, 0.9]):
+    for bad in (0.0, 1.5, True, "top", [0.9, 0.9, 0.9]):
         with pytest.raises(ConfigError, match="focus"):
             nas.searchers.create("linas", search_spaces.get("nb201"), 2, focus=bad)
 
