@@ -96,11 +96,7 @@ class ChoiceSampler:
 
     def __init__(self, space: SearchSpace, choices: dict[str, list]):
         self.space = space
-        keys = [e.key for e in space.config_layout]
-        unknown = sorted(set(choices) - set(keys) - {gene.name for gene in space.genes})
-        if unknown:
-            raise ConfigError(f"phase choices name unknown config keys or genes {unknown} of {space.name} "
-                              f"(keys {keys})")
+        self._check_names(choices, "choices")
         self.allowed: list[np.ndarray] = []
         self._gene_keys: list[str] = []
         genes = iter(space.genes)
@@ -180,12 +176,17 @@ class ChoiceSampler:
     def gene_indices(self, names: tuple[str, ...], what: str) -> frozenset[int]:
         """Indices of the genes that ``names`` (config keys or gene names) cover; ``what`` names the
         setting in the error for an unknown name."""
-        unknown = sorted(set(names) - set(self._gene_keys) - {gene.name for gene in self.space.genes})
-        if unknown:
-            raise ConfigError(f"phase {what} name unknown config keys or genes {unknown} of {self.space.name} "
-                              f"(keys {sorted(set(self._gene_keys))})")
+        self._check_names(names, what)
         return frozenset(i for i, (gene, key) in enumerate(zip(self.space.genes, self._gene_keys))
                          if gene.name in names or key in names)
+
+    def _check_names(self, names, what: str) -> None:
+        """Raise unless every name is a config key or a gene name of the space."""
+        keys = [e.key for e in self.space.config_layout]
+        unknown = sorted(set(names) - set(keys) - {gene.name for gene in self.space.genes})
+        if unknown:
+            raise ConfigError(f"phase {what} name unknown config keys or genes {unknown} of {self.space.name} "
+                              f"(keys {keys})")
 
     @staticmethod
     def _sandwich_end(end: Config, keys: tuple[str, ...] | None, anchor: Config | None) -> Config:
