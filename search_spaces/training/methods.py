@@ -55,6 +55,9 @@ class TrainConfig:
     #: Strict fairness (FairNAS): every phase draws every gene fairly across a step's random subnets,
     #: each allowed value equally often within one (exactly once with ``subnets`` = its number of values).
     fair: bool = False
+    #: Phases that sandwich some keys only (elastic sparsity: the keep ratios) train every random
+    #: subnet's architecture at those keys' extremes, not only the first one's.
+    sandwich_each: bool = False
     phase_epochs: dict[str, int] = field(default_factory=dict)
     phase_lr: dict[str, float] = field(default_factory=dict)
     phase_subnets: dict[str, int] = field(default_factory=dict)
@@ -80,6 +83,7 @@ class TrainConfig:
             (self.eps_window >= 0, f"eps_window must be >= 0; got {self.eps_window}"),
             (self.subnets >= 0, f"subnets must be >= 0; got {self.subnets}"),
             (isinstance(self.fair, bool), f"fair must be true or false; got {self.fair!r}"),
+            (isinstance(self.sandwich_each, bool), f"sandwich_each must be true or false; got {self.sandwich_each!r}"),
             (self.calib_images >= 1, f"calib_images must be >= 1; got {self.calib_images}"),
         ]
         for ok, message in checks:
@@ -133,6 +137,8 @@ def build_phases(space: SearchSpace, config: TrainConfig) -> tuple[list[Phase], 
     phases = [p for p in phases if p.epochs > 0]
     if config.fair:
         make_fair(phases, space, config.method)
+    if config.sandwich_each:
+        sandwich_each(phases, config.method)
     return phases, kd
 
 
@@ -150,6 +156,18 @@ def make_fair(phases: list[Phase], space: SearchSpace, method: str) -> None:
     keys = tuple(entry.key for entry in space.config_layout)
     for p in phases:
         p.fair_keys = keys
+
+
+def sandwich_each(phases: list[Phase], method: str) -> None:
+    """Every random subnet's architecture at the sandwich ends of the phases that sandwich some keys only;
+    refused where no phase does (the setting would change nothing)."""
+    partial = [p for p in phases if p.sandwich_keys is not None and (p.include_max or p.include_min)]
+    if not partial:
+        raise ConfigError(f"training config: sandwich_each trains every random subnet's architecture at the "
+                          f"extremes of some keys, but no phase of method {method!r} sandwiches some keys only "
+                          "(elastic_sparsity does)")
+    for p in partial:
+        p.sandwich_each = True
 
 
 def share_epochs(total: int, fractions: list[float]) -> list[int]:

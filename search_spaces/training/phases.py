@@ -63,6 +63,9 @@ class Phase:
     #: the step's first random subnet (elastic sparsity: one random architecture, dense, sparsest and at
     #: random keep ratios). ``None``: every key at its extreme.
     sandwich_keys: tuple[str, ...] | None = None
+    #: With ``sandwich_keys``: every random subnet's architecture, not only the first one's, also trains
+    #: at those keys' extremes, each right before and after it (its own dense teacher for ``inplace``).
+    sandwich_each: bool = False
     #: Config keys whose genes a random subnet draws together: one value, among those all of them
     #: allow, for every gene of these keys (elastic sparsity: one keep ratio for the whole network).
     tied_keys: tuple[str, ...] = ()
@@ -131,19 +134,30 @@ class ChoiceSampler:
         fair = self.gene_indices(phase.fair_keys, "fair_keys")
         randoms = self.tie(self.random(phase.subnets, rng, fair), phase.tied_keys, rng,
                            inner=phase.include_max and phase.include_min, fair=fair)
-        anchor = None
-        if phase.sandwich_keys is not None and (phase.include_max or phase.include_min):
-            anchor = randoms[0] if randoms else self.random(1, rng)[0]
-        tagged = [(self._sandwich_end(self.largest(), phase.sandwich_keys, anchor), "max")] if phase.include_max else []
-        tagged += [(c, "random") for c in randoms]
-        if phase.include_min:
-            tagged.append((self._sandwich_end(self.smallest(), phase.sandwich_keys, anchor), "min"))
+        if phase.sandwich_each and phase.sandwich_keys is not None and randoms:
+            tagged = [t for anchor in randoms for t in self._sandwich(phase, [anchor], anchor)]
+        else:
+            tagged = self._sandwich(phase, randoms, self._anchor(phase, randoms, rng))
         out, seen = [], []
         for config, tag in tagged:
             if config not in seen:
                 seen.append(config)
                 out.append((config, tag))
         return out
+
+    def _anchor(self, phase: Phase, randoms: list[Config], rng: np.random.Generator) -> Config | None:
+        """The architecture whose ``sandwich_keys`` the sandwich ends set: the first random subnet's."""
+        if phase.sandwich_keys is None or not (phase.include_max or phase.include_min):
+            return None
+        return randoms[0] if randoms else self.random(1, rng)[0]
+
+    def _sandwich(self, phase: Phase, randoms: list[Config], anchor: Config | None) -> list[tuple[Config, str]]:
+        """``randoms`` tagged, after the largest and before the smallest subnet where ``phase`` trains them."""
+        tagged = [(self._sandwich_end(self.largest(), phase.sandwich_keys, anchor), "max")] if phase.include_max else []
+        tagged += [(c, "random") for c in randoms]
+        if phase.include_min:
+            tagged.append((self._sandwich_end(self.smallest(), phase.sandwich_keys, anchor), "min"))
+        return tagged
 
     def tie(self, configs: list[Config], keys: tuple[str, ...], rng: np.random.Generator,
             inner: bool = False, fair: frozenset[int] = frozenset()) -> list[Config]:
@@ -205,7 +219,7 @@ def fair_draw(values: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarra
 def phase_summary(phases: list[Phase]) -> list[dict[str, Any]]:
     """A JSON-able description of ``phases`` (for logs and checkpoints)."""
     return [{"name": p.name, "epochs": p.epochs, "lr": p.lr, "choices": p.choices, "subnets": p.subnets,
-             "include_max": p.include_max, "include_min": p.include_min,
+             "include_max": p.include_max, "include_min": p.include_min, "sandwich_each": p.sandwich_each,
              "sandwich_keys": None if p.sandwich_keys is None else list(p.sandwich_keys),
              "tied_keys": list(p.tied_keys), "fair_keys": list(p.fair_keys), "lr_span": list(p.lr_span),
              "warmup_epochs": p.warmup_epochs} for p in phases]

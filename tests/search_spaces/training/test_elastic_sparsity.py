@@ -70,6 +70,22 @@ def test_fair_training_trains_every_op_once_per_step_in_one_optimiser_step(tiny_
     assert stored["config"]["fair"] is True and "normal_ops" in stored["phases"][0]["fair_keys"]
 
 
+def test_each_sandwiched_architecture_distills_from_its_own_dense_pass(tiny_digits, tmp_path, monkeypatch):
+    config = TrainConfig(space="dass_darts", space_options=dict(TINY, keep_ratios=[1.0, 0.3, 0.1]), data=tiny_digits,
+                         method="elastic_sparsity", epochs=1, subnets=2, sandwich_each=True, kd="inplace", **FAST)
+    space, data = prepare(config)
+    passes = []
+    loss = Trainer._loss
+    monkeypatch.setattr(Trainer, "_loss", lambda self, logits, y, teacher, phase: passes.append(
+        (logits.detach(), teacher)) or loss(self, logits, y, teacher, phase))
+    Trainer.start(space, data, config, tmp_path / "run").run()
+    assert len(passes) == 6 * (len(data.train) // 16)               # two architectures at three ratios per step
+    for i in range(0, len(passes), 3):
+        (dense, none), (middle, teacher_1), (sparsest, teacher_2) = passes[i:i + 3]
+        assert none is None and torch.equal(teacher_1, dense) and torch.equal(teacher_2, dense)
+    assert not torch.equal(passes[0][0], passes[3][0])               # the second architecture's own teacher
+
+
 class LearningRates:
     """A progress receiver recording, after every step, the learning rate of each optimiser group."""
 

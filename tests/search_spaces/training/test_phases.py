@@ -86,7 +86,8 @@ def test_progressive_shrinking_needs_an_ofa_style_space(small_space):
 
 
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("lr", 0), ("kd", "teacher"), ("rho", 1.0),
-                                          ("batch_size", 0), ("eps0", 2), ("fair", "yes")])
+                                          ("batch_size", 0), ("eps0", 2), ("fair", "yes"),
+                                          ("sandwich_each", 1)])
 def test_bad_training_settings(field, value):
     with pytest.raises(ConfigError, match=field):
         TrainConfig(**{field: value}).validate()
@@ -246,3 +247,26 @@ def test_fair_setting_makes_every_phase_fair_and_needs_several_subnets(small_spa
     assert all(p.fair_keys == ("ks", "e", "d", "r") for p in phases)
     with pytest.raises(ConfigError, match="at most 1 per step"):
         build_phases(space, TrainConfig(method="elastic_sparsity", fair=True, subnets=1))
+
+
+def test_sandwich_each_puts_every_random_architecture_between_its_own_ends(small_space):
+    space = small_space("dass_darts", keep_ratios=[1.0, 0.3, 0.1])
+    keys = ("keep", "keep_stem", "keep_classifier")
+    rng = np.random.default_rng(0)
+    each = Phase("p", 1, 0.1, subnets=3, include_max=True, include_min=True, sandwich_keys=keys, tied_keys=keys,
+                 sandwich_each=True)
+    step = ChoiceSampler(space, {}).step_configs(each, rng)
+    assert [tag for _, tag in step] == ["max", "random", "min"] * 3
+    for i in range(3):
+        (dense, _), (middle, _), (sparsest, _) = step[3 * i:3 * i + 3]
+        assert {dense["keep_stem"], middle["keep_stem"], sparsest["keep_stem"]} == {1.0, 0.3, 0.1}
+        assert all({k: v for k, v in c.items() if k not in keys} == {k: v for k, v in middle.items() if k not in keys}
+                   for c in (dense, sparsest))                   # one architecture at three ratios
+    assert len({str({k: v for k, v in c.items() if k not in keys}) for c, _ in step}) == 3
+    first = ChoiceSampler(space, {}).step_configs(Phase("p", 1, 0.1, subnets=3, include_max=True, include_min=True,
+                                                        sandwich_keys=keys, tied_keys=keys), rng)
+    assert [tag for _, tag in first] == ["max", "random", "random", "random", "min"]
+    (phase,), _ = build_phases(space, TrainConfig(method="elastic_sparsity", sandwich_each=True))
+    assert phase.sandwich_each
+    with pytest.raises(ConfigError, match="no phase of method 'ps' sandwiches some keys only"):
+        build_phases(small_space("ofa_mbv3"), TrainConfig(epochs=12, sandwich_each=True))
