@@ -37,7 +37,8 @@ from torch import nn
 from nas.atomic import atomic_write_bytes
 from nas.errors import CheckpointError, ConfigError
 from search_spaces.base import Config, SearchSpace
-from search_spaces.checkpoint import atomic_torch_save, read_checkpoint, save_supernet
+from search_spaces.checkpoint import read_checkpoint
+from search_spaces.training.loop import PhasedRun, plain
 from search_spaces.training.trainer import Progress, read_run_file, refuse_existing_run
 
 STATE_FORMAT = "nas.bilevel/1"
@@ -233,7 +234,7 @@ def config_for(settings: dict[str, Any]) -> BilevelConfig:
     return BilevelConfig.from_dict({**_recipe_class(settings["method"]).defaults, **settings})
 
 
-class BilevelSearch:
+class BilevelSearch(PhasedRun):
     """Runs ``config.method``'s recipe on ``space.supernet`` with ``task``'s data, in folder ``out``."""
 
     def __init__(self, space: SearchSpace, task: Task, config: BilevelConfig, out: str | Path,
@@ -270,26 +271,12 @@ class BilevelSearch:
             search._load_state(read_checkpoint(Path(out) / "state.pt"))
         return search
 
-    @property
-    def finished(self) -> bool:
-        return self.position["phase"] >= len(self.phases)
-
     # ------------------------------------------------------------------ the loop
     def run(self) -> list[dict[str, Any]]:
         """Search to the end of the last phase, then write the derived architecture; returns the history."""
-        while not self.finished:
-            phase = self.phases[self.position["phase"]]
-            if self.position["epoch"] == 0 or self.optimizer is None:
-                self._enter_phase(phase, fresh=self.position["epoch"] == 0)
-            started = time.perf_counter()
-            while self.position["epoch"] < phase.epochs:
-                self._epoch(phase)
-                self.position["epoch"] += 1
-                if self.position["epoch"] < phase.epochs:
-                    self._save_state()
-            self._end_phase(phase, time.perf_counter() - started)
+        history = super().run()
         self._write_derived()
-        return self.history
+        return history
 
     def _enter_phase(self, phase: SearchPhase, fresh: bool) -> None:
         """Set the phase up (``on_start`` runs once, when the phase starts, not again on resume: its
@@ -314,12 +301,7 @@ class BilevelSearch:
     def _end_phase(self, phase: SearchPhase, seconds: float) -> None:
         record = {"phase": phase.name, "epochs": phase.epochs, "seconds": round(seconds, 2),
                   f"val_{self.task.metric}": self.history[-1][f"val_{self.task.metric}"] if self.history else None}
-        self.position = {"phase": self.position["phase"] + 1, "epoch": 0, "step": self.position["step"]}
-        self.optimizer = None
-        self._save_state()
-        save_supernet(self.space, self.out / "supernet.pt", meta=self.meta())
-        if self.progress is not None:
-            self.progress.phase_done(record)
+        self._next_phase(record)
 
     def _epoch(self, phase: SearchPhase) -> None:
         cfg = self.config
@@ -448,17 +430,13 @@ class BilevelSearch:
         extra = self.recipe.finish(self.out, self.task)
         atomic_write_bytes(self.out / "derived.json", json.dumps(
             {"space": self.space.name, "options": self.space.options, "config": config,
-             "final": self.history[-1] if self.history else None, **extra}, indent=2, default=_plain).encode())
+             "final": self.history[-1] if self.history else None, **extra}, indent=2, default=plain).encode())
 
-    def _save_state(self) -> None:
-        state = {"format": STATE_FORMAT, "config": self.config.to_dict(), "position": dict(self.position),
-                 "history": self.history, "supernet": self.net.state_dict(), "recipe": self.recipe.state(),
-                 "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
-                 "arch_optimizer": None if self.arch_optimizer is None else self.arch_optimizer.state_dict()}
-        atomic_torch_save(state, self.out / "state.pt")
-        atomic_write_bytes(self.out / "history.json", json.dumps(
-            {"position": self.position, "phases": [p.name for p in self.phases], "history": self.history},
-            indent=2, default=_plain).encode())
+    def _state(self) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "config": self.config.to_dict(), "position": dict(self.position),
+                "history": self.history, "supernet": self.net.state_dict(), "recipe": self.recipe.state(),
+                "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+                "arch_optimizer": None if self.arch_optimizer is None else self.arch_optimizer.state_dict()}
 
     def _load_state(self, state: dict) -> None:
         path = self.out / "state.pt"
@@ -510,13 +488,3 @@ def _combine(val: torch.Tensor | None, plus: torch.Tensor | None, minus: torch.T
     if plus is None or minus is None:
         return val
     return val - scale * (plus - minus)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    raise TypeError(f"cannot store {type(value).__name__} in JSON")

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from nas.atomic import atomic_write_bytes
 from nas.errors import CheckpointError, ConfigError
 from search_spaces.base import Config, SearchSpace
-from search_spaces.checkpoint import atomic_torch_save, read_checkpoint, save_supernet
+from search_spaces.checkpoint import read_checkpoint
 from search_spaces.ops.sparse import sparse_layers
+from search_spaces.training.loop import PhasedRun
 from search_spaces.training.methods import TrainConfig, build_phases
 from search_spaces.training.phases import ChoiceSampler, Phase, phase_summary
 
@@ -49,7 +50,7 @@ class Progress(Protocol):
     def phase_done(self, record: dict[str, Any]) -> None: ...
 
 
-class Trainer:
+class Trainer(PhasedRun):
     """Trains ``space.supernet`` on ``data`` with the phases of ``config.method``, in folder ``out``."""
 
     def __init__(self, space: SearchSpace, data, config: TrainConfig, out: str | Path,
@@ -92,33 +93,12 @@ class Trainer:
             trainer._load_state(read_checkpoint(Path(out) / "state.pt"))
         return trainer
 
-    @property
-    def finished(self) -> bool:
-        return self.position["phase"] >= len(self.phases)
-
     # ------------------------------------------------------------------ the loop
-    def run(self) -> list[dict[str, Any]]:
-        """Train to the end of the last phase; returns the history (one record per phase)."""
-        while not self.finished:
-            index = self.position["phase"]
-            phase = self.phases[index]
-            if self.position["epoch"] == 0:
-                self._start_phase(phase)
-            elif self.optimizer is None:
-                self.optimizer = self._optimizer()
-            started = time.perf_counter()
-            while self.position["epoch"] < phase.epochs:
-                self._epoch(phase)
-                self.position["epoch"] += 1
-                if self.position["epoch"] < phase.epochs:
-                    self._save_state()
-            self._end_phase(phase, time.perf_counter() - started)
-        return self.history
-
-    def _start_phase(self, phase: Phase) -> None:
-        if self.kd == "frozen" and self.teacher is None and (phase.subnets > 0 or phase.include_min):
+    def _enter_phase(self, phase: Phase, fresh: bool) -> None:
+        """Set a starting phase up (teacher, ``on_start``); after a resume only its optimiser is rebuilt."""
+        if fresh and self.kd == "frozen" and self.teacher is None and (phase.subnets > 0 or phase.include_min):
             self.teacher = self._frozen_teacher()
-        if phase.on_start is not None:
+        if fresh and phase.on_start is not None:
             phase.on_start(self.space)
         self.optimizer = self._optimizer()
 
@@ -130,12 +110,7 @@ class Trainer:
                 acc_min, acc_max = self.validate([sampler.smallest(), sampler.largest()])
             record.update(val_acc_min=acc_min, val_acc_max=acc_max)
         self.history.append(record)
-        self.position = {"phase": self.position["phase"] + 1, "epoch": 0, "step": self.position["step"]}
-        self.optimizer = None
-        self._save_state()
-        save_supernet(self.space, self.out / "supernet.pt", meta=self.meta())
-        if self.progress is not None:
-            self.progress.phase_done(record)
+        self._next_phase(record)
 
     def _epoch(self, phase: Phase) -> None:
         cfg = self.config
@@ -210,7 +185,8 @@ class Trainer:
         cfg = self.config
         scores = {id(layer.scores) for layer in sparse_layers(self.net)}
         trainable = [p for p in self.net.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in trainable if p.dim() > 1 and id(p) not in scores], "weight_decay": cfg.weight_decay},
+        groups = [{"params": [p for p in trainable if p.dim() > 1 and id(p) not in scores],
+                   "weight_decay": cfg.weight_decay},
                   {"params": [p for p in trainable if p.dim() <= 1], "weight_decay": 0.0}]
         score_params = [p for p in trainable if id(p) in scores]
         if score_params:
@@ -226,19 +202,14 @@ class Trainer:
         return teacher
 
     def meta(self) -> dict[str, Any]:
-        """What the supernet checkpoint records about its training."""
         return {"trained": {"config": self.config.to_dict(), "data": self.data.describe(), "kd": self.kd,
                             "history": self.history, "finished": self.finished}}
 
-    def _save_state(self) -> None:
-        state = {"format": STATE_FORMAT, "config": self.config.to_dict(), "position": dict(self.position),
-                 "history": self.history, "supernet": self.net.state_dict(),
-                 "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
-                 "teacher": None if self.teacher is None else self.teacher.state_dict()}
-        atomic_torch_save(state, self.out / "state.pt")
-        atomic_write_bytes(self.out / "history.json", json.dumps(
-            {"position": self.position, "phases": [p.name for p in self.phases], "history": self.history},
-            indent=2).encode())
+    def _state(self) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "config": self.config.to_dict(), "position": dict(self.position),
+                "history": self.history, "supernet": self.net.state_dict(),
+                "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+                "teacher": None if self.teacher is None else self.teacher.state_dict()}
 
     def _load_state(self, state: dict) -> None:
         path = self.out / "state.pt"
