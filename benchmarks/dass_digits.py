@@ -31,6 +31,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from scipy.stats import wilcoxon  # noqa: E402
 
 from evaluators.tasks import space_and_task  # noqa: E402
 from search_spaces.ops.sparse_exec import _sparse_exec_of, replace_modules  # noqa: E402
@@ -46,6 +47,13 @@ def run_search(out: Path, method: str, space_options: dict, epochs: int, steps: 
     search = BilevelSearch.start(space, task, config, out)
     search.run()
     return search, json.loads((out / "derived.json").read_text())
+
+
+def paired_p(a: list[float], b: list[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of ``a`` against ``b`` paired by seed; 1 where they never differ."""
+    if all(x == y for x, y in zip(a, b)):
+        return 1.0
+    return float(wilcoxon(a, b).pvalue)
 
 
 def median_ms(model, x, runs: int, rounds: int) -> float:
@@ -133,12 +141,14 @@ def main() -> None:
                     latency.append(latency_rows(search, derived["config"], k, args.latency_runs))
             print(f"seed {seed} done at {time.perf_counter() - started:.0f} s", flush=True)
 
-    print("\ntest accuracy (%) after retraining + pruning, median over seeds [per seed]")
-    print(f"{'keep':>6} {'DASS cell':>22} {'DARTS cell':>22} {'DASS-DARTS':>11}")
+    print("\ntest accuracy (%) after retraining + pruning, median over seeds [per seed]; wins: seeds where the "
+          "DASS cell beats the DARTS cell; p: Wilcoxon signed-rank test of the paired differences (two-sided)")
+    print(f"{'keep':>6} {'DASS cell':>22} {'DARTS cell':>22} {'DASS-DARTS':>11} {'wins':>6} {'p':>6}")
     for k in keeps:
         d, b = acc["dass", k], acc["darts", k]
         print(f"{k:>6} {np.median(d):>7.2f} {str([round(x, 1) for x in d]):>14} {np.median(b):>7.2f} "
-              f"{str([round(x, 1) for x in b]):>14} {np.median(d) - np.median(b):>+11.2f}")
+              f"{str([round(x, 1) for x in b]):>14} {np.median(d) - np.median(b):>+11.2f} "
+              f"{sum(x > y for x, y in zip(d, b)):>3}/{len(d):<2} {paired_p(d, b):>6.2f}")
     print("\nextracted retrained DASS network (seed 0), batch 1, one thread, ms")
     print(f"{'keep':>6} {'nz MACs':>8} {'dense':>8} {'all CSR':>8} {'deployed':>9} {'speed-up':>9} "
           f"{'CSR layers':>11} {'their speed-up':>15}")

@@ -87,7 +87,7 @@ def train(space_options: dict, args, folder: Path, choices: dict | None = None, 
     config = TrainConfig(space="dass_darts", space_options=space_options, data=args.data, method="elastic_sparsity",
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          subnets=args.subnets if subnets is None else subnets,
-                         fair=args.fair if fair is None else fair, sandwich_each=args.sandwich_each,
+                         fair=args.fair if fair is None else fair, sandwich_each=args.sandwich == "each",
                          score_lr=args.score_lr, seed=args.seed)
     space, data = prepare(config)
     started = time.perf_counter()
@@ -166,8 +166,9 @@ def main() -> None:
     parser.add_argument("--subnets", type=int, default=1)
     parser.add_argument("--fair", action="store_true", help="strict fairness (FairNAS): every gene's choices spread "
                                                             "evenly over a step's random subnets")
-    parser.add_argument("--sandwich-each", action="store_true",
-                        help="every random genotype also trains dense and at the sparsest ratio, not only the first")
+    parser.add_argument("--sandwich", choices=("each", "first"), default="each",
+                        help="which random genotypes of a step also train dense and at the sparsest ratio: each "
+                             "(the method's default) or only the first (as before sandwich_each)")
     parser.add_argument("--no-per-ratio", dest="per_ratio", action="store_false",
                         help="train the elastic supernet only, not one supernet per keep ratio")
     parser.add_argument("--standalone", action="store_true", help="also train each genotype alone (keep 1.0) and "
@@ -185,7 +186,7 @@ def main() -> None:
     print(f"dass_darts {base} on {args.data} (upsampled to {args.resolution}x{args.resolution}), keep ratios {keeps}; "
           f"per model: {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, score_lr {args.score_lr}, "
           f"{args.subnets} random subnet(s)/step{' drawn fairly' if args.fair else ''}"
-          f"{', each sandwiched' if args.sandwich_each else ''}, "
+          f", sandwich: {args.sandwich}, "
           f"seed {args.seed}; genotype {args.genotype}; accuracy: test split, BN re-calibrated"
           f"{'' if args.genotype == 'fixed' else f', median of {args.genotypes} random genotypes'}; "
           f"{args.threads} thread(s)", flush=True)

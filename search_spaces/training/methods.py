@@ -56,8 +56,9 @@ class TrainConfig:
     #: each allowed value equally often within one (exactly once with ``subnets`` = its number of values).
     fair: bool = False
     #: Phases that sandwich some keys only (elastic sparsity: the keep ratios) train every random
-    #: subnet's architecture at those keys' extremes, not only the first one's.
-    sandwich_each: bool = False
+    #: subnet's architecture at those keys' extremes, not only the first one's; ``None``: the method's
+    #: choice (elastic sparsity: every one).
+    sandwich_each: bool | None = None
     phase_epochs: dict[str, int] = field(default_factory=dict)
     phase_lr: dict[str, float] = field(default_factory=dict)
     phase_subnets: dict[str, int] = field(default_factory=dict)
@@ -83,7 +84,8 @@ class TrainConfig:
             (self.eps_window >= 0, f"eps_window must be >= 0; got {self.eps_window}"),
             (self.subnets >= 0, f"subnets must be >= 0; got {self.subnets}"),
             (isinstance(self.fair, bool), f"fair must be true or false; got {self.fair!r}"),
-            (isinstance(self.sandwich_each, bool), f"sandwich_each must be true or false; got {self.sandwich_each!r}"),
+            (self.sandwich_each is None or isinstance(self.sandwich_each, bool),
+             f"sandwich_each must be true, false or null; got {self.sandwich_each!r}"),
             (self.calib_images >= 1, f"calib_images must be >= 1; got {self.calib_images}"),
         ]
         for ok, message in checks:
@@ -137,8 +139,8 @@ def build_phases(space: SearchSpace, config: TrainConfig) -> tuple[list[Phase], 
     phases = [p for p in phases if p.epochs > 0]
     if config.fair:
         make_fair(phases, space, config.method)
-    if config.sandwich_each:
-        sandwich_each(phases, config.method)
+    if config.sandwich_each is not None:
+        sandwich_each(phases, config.method, config.sandwich_each)
     return phases, kd
 
 
@@ -158,16 +160,16 @@ def make_fair(phases: list[Phase], space: SearchSpace, method: str) -> None:
         p.fair_keys = keys
 
 
-def sandwich_each(phases: list[Phase], method: str) -> None:
-    """Every random subnet's architecture at the sandwich ends of the phases that sandwich some keys only;
-    refused where no phase does (the setting would change nothing)."""
+def sandwich_each(phases: list[Phase], method: str, each: bool) -> None:
+    """Every random subnet's architecture (``each``) or only the first one's at the sandwich ends of the
+    phases that sandwich some keys only; ``each`` is refused where no phase does (it would change nothing)."""
     partial = [p for p in phases if p.sandwich_keys is not None and (p.include_max or p.include_min)]
-    if not partial:
-        raise ConfigError(f"training config: sandwich_each trains every random subnet's architecture at the "
-                          f"extremes of some keys, but no phase of method {method!r} sandwiches some keys only "
+    if each and not partial:
+        raise ConfigError(f"training config: sandwich_each trains every random architecture at the extremes of "
+                          f"some keys, but no phase of method {method!r} sandwiches some keys only "
                           "(elastic_sparsity does)")
     for p in partial:
-        p.sandwich_each = True
+        p.sandwich_each = each
 
 
 def share_epochs(total: int, fractions: list[float]) -> list[int]:
@@ -320,4 +322,4 @@ def elastic_sparsity(space: SearchSpace, config: TrainConfig) -> tuple[list[Phas
         raise ConfigError(f"elastic sparsity trains keep-ratio genes; {space.name} has none (dass_darts has; "
                           "ofa_mbv3 with the sparsity_list option has)")
     return [Phase("elastic", config.epochs, config.lr, subnets=max(1, config.subnets), include_max=True,
-                  include_min=True, sandwich_keys=keys, tied_keys=keys)], _kd(config, "none", ("none", "inplace"))
+                  include_min=True, sandwich_keys=keys, sandwich_each=True, tied_keys=keys)], _kd(config, "none", ("none", "inplace"))

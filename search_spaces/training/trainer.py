@@ -230,10 +230,15 @@ class Trainer(PhasedRun):
             raise CheckpointError(f"{path} does not fit this supernet: {str(exc).splitlines()[0]}") from None
 
 
+#: Settings added since the first training runs whose default now does something else than runs
+#: written before them did, with the value that reproduces those runs.
+BEFORE_ADDED = {"sandwich_each": False}
+
+
 def as_current(config: dict[str, Any]) -> dict[str, Any]:
-    """A stored config dict with the settings added since it was written at their defaults (which
-    reproduce what the run did then), so older states still resume."""
-    return {**TrainConfig().to_dict(), **config}
+    """A stored config dict with the settings added since it was written at the values that reproduce
+    what the run did then (their defaults, or :data:`BEFORE_ADDED`), so older runs still resume."""
+    return {**TrainConfig().to_dict(), **BEFORE_ADDED, **config}
 
 
 def refuse_existing_run(out: Path) -> None:
@@ -261,7 +266,7 @@ def stored_config(out: str | Path) -> TrainConfig:
     """The config of the training run in ``out``, or a clear error if there is none."""
     stored = read_run_file(out)
     try:
-        return TrainConfig.from_dict(stored["config"])
+        return TrainConfig.from_dict(as_current(stored["config"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{Path(out) / 'train.json'} is not a valid training config: {exc}") from None
 

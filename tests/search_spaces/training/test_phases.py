@@ -266,7 +266,9 @@ def test_sandwich_each_puts_every_random_architecture_between_its_own_ends(small
     first = ChoiceSampler(space, {}).step_configs(Phase("p", 1, 0.1, subnets=3, include_max=True, include_min=True,
                                                         sandwich_keys=keys, tied_keys=keys), rng)
     assert [tag for _, tag in first] == ["max", "random", "random", "random", "min"]
-    (phase,), _ = build_phases(space, TrainConfig(method="elastic_sparsity", sandwich_each=True))
-    assert phase.sandwich_each
+    (phase,), _ = build_phases(space, TrainConfig(method="elastic_sparsity"))
+    assert phase.sandwich_each                                   # the method's choice
+    (phase,), _ = build_phases(space, TrainConfig(method="elastic_sparsity", sandwich_each=False))
+    assert not phase.sandwich_each
     with pytest.raises(ConfigError, match="no phase of method 'ps' sandwiches some keys only"):
         build_phases(small_space("ofa_mbv3"), TrainConfig(epochs=12, sandwich_each=True))

@@ -94,19 +94,21 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(tiny_digits, t
 
 
 def test_a_run_from_before_a_setting_existed_still_resumes(tiny_digits, tmp_path):
-    """A state written before ``fair`` existed lacks the key; resuming takes its default (what the run did)."""
+    """A state written before ``fair`` and ``sandwich_each`` existed lacks their keys; resuming takes the
+    values that reproduce what the run did."""
     config, space, data = _setup(tiny_digits, method="full", epochs=2)
     with pytest.raises(KeyboardInterrupt):
         Trainer.start(space, data, config, tmp_path / "run", progress=Interrupt(len(data.train) // 16 + 1)).run()
     state = read_checkpoint(tmp_path / "run" / "state.pt")
-    del state["config"]["fair"]
+    del state["config"]["fair"], state["config"]["sandwich_each"]
     atomic_torch_save(state, tmp_path / "run" / "state.pt")
     stored = json.loads((tmp_path / "run" / "train.json").read_text())
-    del stored["config"]["fair"]
+    del stored["config"]["fair"], stored["config"]["sandwich_each"]
     (tmp_path / "run" / "train.json").write_text(json.dumps(stored))
     config, space, data = _setup(tiny_digits, method="full", epochs=2)
     trainer = Trainer.resume(space, data, tmp_path / "run")
     assert trainer.position["epoch"] == 1 and not trainer.config.fair
+    assert trainer.config.sandwich_each is False                 # as runs did before the setting existed
     trainer.run()
     assert trainer.finished
 
