@@ -1,58 +1,40 @@
 """Elastic sparsity on ``dass_darts``: one supernet trained once for every keep ratio, against one
-supernet per keep ratio trained for that ratio alone, at the same budget, side by side in one run.
+supernet per keep ratio trained for that ratio alone, side by side in one run.
 
-Both are trained by the ``elastic_sparsity`` method (every step: ``subnets`` random subnets, each at
-one keep ratio for the whole network drawn between the densest and the sparsest, and the first one's
-architecture also dense and at the sparsest ratio, the sandwich rule; weights and scores trained
-jointly, scores at ``score_lr`` times the learning rate). The elastic supernet's space holds every keep
-ratio of the list; a per-ratio supernet's space holds that one ratio, so its steps train its one
-subnet once (the elastic supernet computes up to ``2 + subnets`` forward/backward passes per step, as
-printed). Same epochs, batch size, learning rates, subnets per step and seed for every model.
+Both are trained by the ``elastic_sparsity`` method: every step, ``subnets`` random subnets, each at one
+keep ratio for the whole network drawn between the densest and the sparsest, each one's architecture
+also dense and at the sparsest ratio (the sandwich rule per architecture; ``--sandwich first``: only
+the first one's, as before ``sandwich_each``); weights and scores trained jointly, scores at ``score_lr``
+times the learning rate. The elastic supernet's space holds every keep ratio of the list; a per-ratio
+supernet's space holds that one ratio, so a step trains each of its subnets once. Same epochs, batch
+size, learning rates, subnets per step and seed for every model; with ``--sandwich each`` and three
+ratios the elastic supernet computes as many passes as the three per-ratio supernets together (printed).
 
 ``--genotype fixed`` (default) restricts the ops and edges to one genotype (every node: states 0 and 1,
 ``sep_conv_3x3`` on both) through the phase's choices, so only the keep ratios are elastic; ``sampled``
-draws ops and edges too. Over sampled genotypes a supernet needs many more steps than over one: an op
-module of an edge computes only in the steps that keep its edge and draw its op (1 in 7 on a node's
-first edges, 1 in 21 on node 3's), so in 8 epochs (136 steps of one random genotype) each trains 6-19
-times, while one genotype alone reaches 92 % training accuracy after 34 steps. Measured on digits
-(16 px, C = 8, 4 cells, keep 1.0, lr 0.05, the trainer's loss and schedule; test accuracy, BN
-re-calibrated, median of 5 random genotypes): 20 % after 8 epochs of one genotype per step, 49 % with
-four per step, 51 % after 32 epochs of one; 5 genotypes sharing one supernet reach 94 % each in 8
-epochs (so sharing itself works), and each of them trained alone 98-99 %. Earlier the loss of a
-sampled supernet diverged (8-12) and its genotypes stayed near chance even after 32 epochs (18 %): the
-shared classifier saw the last cell's features with per-genotype offsets and scales (a max pool adds
-a positive mean, BatchNorm-ended ops none); the classifier now standardises its input
-(``dass_supernet.PooledClassifier``). Random input pairs were not the cause (``sep_conv_3x3`` on random
-pairs: 78 % after 4 epochs). With ``--genotype sampled --epochs 16`` (keep 1.0/0.3/0.1) elastic and
-per-ratio supernets are equally undertrained: 33.0/20.7/18.2 % against 33.3/21.9/14.1 %.
+draws ops and edges too. Over sampled genotypes an op module of an edge computes only in the steps
+that keep its edge and draw its op (1 in 7 on a node's first edges, 1 in 21 on node 3's), so a supernet
+needs many more steps than over one genotype, or several genotypes per step (``--subnets 7``).
 
-``--fair`` trains with strict fairness (FairNAS, ``TrainConfig.fair``): a step's ``subnets`` random
-genotypes take every op of every op gene once with ``--subnets 7`` (and spread input pairs and keep
-ratios evenly). Measured with ``--genotype sampled --genotypes 8``, seed 0, 8 epochs, median at keep
-1.0/0.3/0.1, elastic | per-ratio supernets: one genotype per step 18.1/18.5/17.4 | 24.1/12.4/12.4 %;
-seven random per step 28.7/32.6/18.7 | 84.1/34.4/23.0 %; seven fair per step 24.8/30.9/23.3 |
-85.6/34.3/24.3 %. After 16 epochs (``--no-per-ratio``), seven per step: random 58.1/69.3/33.5 %, fair
-65.4/68.1/39.3 %. Seven genotypes per step help a lot; drawing them fairly changes the medians by -4 to
-+7 points either way, no more than the per-genotype spread (10-20 points) on one seed. Fairness per
-gene does not even out the op modules: a module is an (edge, op) pair, an edge is kept in every step
-(a node's first edges) or in 2 of 5 (node 3's), and it takes its op from its node's first or second op
-gene depending on the pair; over 136 steps the modules' training counts spread alike (coefficient of
-variation 0.37 random, 0.36 fair). The elastic supernet at keep 1.0 (25-29 %) stays far below the
-keep-1.0 one (84-86 %) at seven per step because only the sandwich's dense subnet, the first random
-genotype, trains dense; the other random subnets all take the inner ratio 0.3.
-``--standalone`` also trains each genotype alone (keep 1.0, same epochs, one subnet per step; 97.8-99.6 %
-here, so nearly tied) and prints the Kendall tau of the supernets' accuracies against it: -0.15
-(elastic) and -0.15 (keep-1.0 supernet) with seven fair genotypes per step; from the printed
-accuracies of the other runs, +0.23 and -0.04 with seven random, -0.04 and +0.63 with one per step,
-+0.23 (random) and -0.23 (fair) for the elastic supernets after 16 epochs: no supernet here ranks
-genotypes whose stand-alone accuracies lie within 2 points.
+Measured on digits (16 px, C = 8, 4 cells, keep 1.0/0.3/0.1, lr 0.05; test accuracy, BN re-calibrated,
+median of 8 random genotypes, seed 0), elastic | per-ratio supernets:
+- one genotype per step, sandwich first, 8 epochs: 18.1/18.5/17.4 | 24.1/12.4/12.4 %;
+- seven per step, sandwich first, 8 epochs: 28.7/32.6/18.7 | 84.1/34.4/23.0 % (the six other genotypes
+  trained at the inner ratio only); drawn fairly (``--fair``, FairNAS): 24.8/30.9/23.3 | 85.6/34.3/24.3 %;
+- seven per step, sandwich each, 8 epochs: 80.9/68.5/36.3 | 84.1/34.4/23.0 % (553 s | 175+198+191 s);
+- seven per step, sandwich each, 16 epochs: 91.1/86.1/78.0 | 92.0/73.0/38.2 % (worst -0.93: goal met).
+Fairness per gene does not even out the (edge, op) modules, whose training counts are set by how often
+each edge is kept (coefficient of variation 0.37 random, 0.36 fair). ``--standalone`` also trains each
+genotype alone (keep 1.0, same epochs, one subnet per step) and prints the Kendall tau of the
+supernets' accuracies against it: here the genotypes trained alone all reach 97.8-99.6 %, and no
+supernet ranked them (tau -0.23 to +0.63 over the sandwich-first runs).
 
 Accuracy: test split, BatchNorm re-calibrated per subnet, at a uniform keep ratio ``k`` (every cell, stem
 and classifier at ``k``), of the fixed genotype or the median over ``--genotypes`` random ones. Goal
 (issue #10): elastic within 1 point of the ratio's own supernet.
 
     python benchmarks/dass_elastic.py [--epochs 8] [--keep 1.0,0.3,0.1] [--genotype fixed|sampled]
-        [--subnets 1] [--fair] [--standalone] [--no-per-ratio] [--genotypes 5]
+        [--subnets 1] [--sandwich each|first] [--fair] [--standalone] [--no-per-ratio] [--genotypes 5]
 """
 
 from __future__ import annotations

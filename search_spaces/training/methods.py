@@ -288,38 +288,35 @@ def elastic_sparsity(space: SearchSpace, config: TrainConfig) -> tuple[list[Phas
     Every step draws ``subnets`` random subnets: one keep ratio for the whole network (every keep gene:
     each ``dass_darts`` cell, its stem and classifier; each ``ofa_mbv3`` block with ``sparsity_list``),
     drawn among the ratios between the densest and the sparsest where the list has any, and every other
-    gene on its own (ops and kept edges, or kernel/expand/depth). The first one's architecture also
-    trains dense and at the sparsest ratio (the sandwich rule over the keep ratios, OFA/BigNAS), so the
-    extremes train in every step. Losses on the labels, with ``kd=inplace`` also
-    distilled from the step's dense subnet. Weights and scores train jointly: at a keep ratio ``k`` a
-    layer's top-k mask of its scores decides which weights compute, and the straight-through gradient
-    moves the scores (at ``score_lr`` times the learning rate), so one set of scores learns a nested
-    order that serves every ratio. The scores start from the scaled score init of the weights.
+    gene on its own (ops and kept edges, or kernel/expand/depth). Each random subnet's architecture also
+    trains dense right before it and at the sparsest ratio right after it (the sandwich rule over the
+    keep ratios, OFA/BigNAS, per architecture: ``sandwich_each``; ``sandwich_each=false`` sandwiches
+    only the first one's), so the extremes train in every step. Losses on the labels, with
+    ``kd=inplace`` also distilled from the architecture's own dense pass. Weights and scores train
+    jointly: at a keep ratio ``k`` a layer's top-k mask of its scores decides which weights compute, and
+    the straight-through gradient moves the scores (at ``score_lr`` times the learning rate), so one set
+    of scores learns a nested order that serves every ratio. The scores start from the scaled score
+    init of the weights.
 
-    Why so: on ``benchmarks/dass_elastic.py`` (keep ratios 1.0/0.3/0.1, 8 epochs), without the
-    sandwich the supernet scored 36/34/30 % at 1.0/0.3/0.1 against 98/96/86 % for per-ratio ones; with
-    it but each group drawing its ratio on its own, the network at 0.3 scored 70 % against 97 % (its
-    masks trained only beside groups at other ratios); with one ratio per random subnet drawn among
-    all three, 92.6 % (0.3 in a third of the steps); drawn between the ends, within 1 point at every
-    ratio for seed 0, 1.5 and 3.3 points at worst for seeds 1 and 2 (medians over the three seeds
-    within 1 point). The search still proposes mixed ratios.
-    Those figures hold one genotype fixed. Over sampled genotypes (ops and kept edges drawn as well) an
+    Why so, on ``benchmarks/dass_elastic.py`` (keep ratios 1.0/0.3/0.1; a supernet "trained for ratio k
+    alone" is this method on the space built with ``keep_ratios=[k]``, where a step trains each of its
+    subnets once). One genotype fixed, 8 epochs: without the sandwich the supernet scored 36/34/30 %
+    against 98/96/86 % for per-ratio ones; with it but each group drawing its ratio on its own, 70 %
+    at 0.3 against 97 %; one ratio per random subnet drawn among all three, 92.6 % at 0.3; drawn
+    between the ends, medians over three seeds within 1 point at every ratio. Over sampled genotypes an
     op module of an edge computes only in the steps that keep its edge and draw its op (1 in 7 to 1 in
-    21), so the supernet needs several times the steps of a fixed genotype: more epochs or more
-    ``subnets`` per step (figures in ``benchmarks/dass_elastic.py``). Seven random genotypes per step
-    (seven times the passes, their gradients summed into one step) lifted the keep-1.0 supernet from 24
-    to 84 % median test accuracy in 8 epochs; ``fair`` (FairNAS' strict fairness: with ``subnets=7``
-    every op of every op gene once per step) did not add to that beyond one seed's noise (85.6 %; at
-    16 epochs the elastic supernet 65/68/39 % fair against 58/69/34 % random at keep 1.0/0.3/0.1).
-    Over sampled genotypes the elastic supernet at keep 1.0 lags the keep-1.0 one (29 against 84 %
-    after 8 epochs, seven per step): only the sandwich's dense end, the first random genotype, trains
-    dense, the other random subnets all at an inner ratio.
-    A supernet "trained for ratio k alone" is the same method on the space built with ``keep_ratios=[k]``
-    (the baseline of that benchmark), where each step trains its one subnet once.
+    21), so seven genotypes per step (``subnets=7``, gradients summed into one step) are needed to
+    learn at all in a few epochs (24 -> 84 % at keep 1.0, 8 epochs). Sandwiching only the first of
+    them left the elastic supernet at 29/33/19 % against 84/34/23 % per ratio: the other six trained
+    at the inner ratio only. Sandwiching each (three times the passes, as many as the three per-ratio
+    supernets together): 81/69/36 % after 8 epochs, 91.1/86.1/78.0 % against 92.0/73.0/38.2 % after 16
+    (seed 0): the sparse subnets gain from the training their masks' weights get at denser ratios.
+    ``fair`` (FairNAS) added nothing beyond one seed's noise.
     """
     keys = tuple(entry.key for entry in space.config_layout if entry.key.startswith("keep"))
     if not keys:
         raise ConfigError(f"elastic sparsity trains keep-ratio genes; {space.name} has none (dass_darts has; "
                           "ofa_mbv3 with the sparsity_list option has)")
-    return [Phase("elastic", config.epochs, config.lr, subnets=max(1, config.subnets), include_max=True,
-                  include_min=True, sandwich_keys=keys, sandwich_each=True, tied_keys=keys)], _kd(config, "none", ("none", "inplace"))
+    phase = Phase("elastic", config.epochs, config.lr, subnets=max(1, config.subnets), include_max=True,
+                  include_min=True, sandwich_keys=keys, sandwich_each=True, tied_keys=keys)
+    return [phase], _kd(config, "none", ("none", "inplace"))
