@@ -25,6 +25,7 @@ median of 8 random genotypes, seed 0), elastic | per-ratio supernets:
 - seven per step, sandwich each, 16 epochs: 91.1/86.1/78.0 | 92.0/73.0/38.2 % (worst -0.93: goal met);
   seed 1: 89.3/74.8/60.7 | 91.9/77.6/37.2 %, seed 2: 88.2/75.0/58.0 | 91.1/58.3/41.3 % (-2.6 and -3.0
   at keep 1.0: not met; far ahead at keep 0.1 on every seed).
+- the same with ``--kd inplace`` (elastic only), seeds 1 / 2: 88.3/80.4/71.7 and 91.1/84.6/73.3 %.
 Fairness per gene does not even out the (edge, op) modules, whose training counts are set by how often
 each edge is kept (coefficient of variation 0.37 random, 0.36 fair). ``--standalone`` also trains each
 genotype alone (keep 1.0, same epochs, one subnet per step) and prints the Kendall tau of the
