@@ -163,7 +163,7 @@ def make_fair(phases: list[Phase], space: SearchSpace, method: str) -> None:
 def sandwich_each(phases: list[Phase], method: str, each: bool) -> None:
     """Every random subnet's architecture (``each``) or only the first one's at the sandwich ends of the
     phases that sandwich some keys only; ``each`` is refused where no phase does (it would change nothing)."""
-    partial = [p for p in phases if p.sandwich_keys is not None and (p.include_max or p.include_min)]
+    partial = [p for p in phases if p.sandwiches_some_keys]
     if each and not partial:
         raise ConfigError(f"training config: sandwich_each trains every random architecture at the extremes of "
                           f"some keys, but no phase of method {method!r} sandwiches some keys only "

@@ -85,6 +85,11 @@ class Phase:
     #: Called with the space when the phase starts (e.g. re-ordering channels by importance).
     on_start: Callable[[SearchSpace], None] | None = None
 
+    @property
+    def sandwiches_some_keys(self) -> bool:
+        """The phase trains sandwich ends that take only ``sandwich_keys`` at their extremes."""
+        return self.sandwich_keys is not None and (self.include_max or self.include_min)
+
     def lr_at(self, progress: float, epoch_fraction: float) -> float:
         """Learning rate ``progress`` (0..1) through the phase, ``epoch_fraction`` epochs into it."""
         a, b = self.lr_span
@@ -134,7 +139,7 @@ class ChoiceSampler:
         fair = self.gene_indices(phase.fair_keys, "fair_keys")
         randoms = self.tie(self.random(phase.subnets, rng, fair), phase.tied_keys, rng,
                            inner=phase.include_max and phase.include_min, fair=fair)
-        if phase.sandwich_each and phase.sandwich_keys is not None and randoms:
+        if phase.sandwich_each and phase.sandwiches_some_keys and randoms:
             tagged = [t for anchor in randoms for t in self._sandwich(phase, [anchor], anchor)]
         else:
             tagged = self._sandwich(phase, randoms, self._anchor(phase, randoms, rng))
@@ -147,7 +152,7 @@ class ChoiceSampler:
 
     def _anchor(self, phase: Phase, randoms: list[Config], rng: np.random.Generator) -> Config | None:
         """The architecture whose ``sandwich_keys`` the sandwich ends set: the first random subnet's."""
-        if phase.sandwich_keys is None or not (phase.include_max or phase.include_min):
+        if not phase.sandwiches_some_keys:
             return None
         return randoms[0] if randoms else self.random(1, rng)[0]
 
